@@ -3,8 +3,9 @@
 Three tiers, first hit wins: exact substring; a normalised match (NFKC, every whitespace run as one
 space, curly quotes/primes as ASCII quotes, dashes and the minus sign as ``-``, zero-width
 spaces/soft hyphens/BOMs dropped) mapped back to original code-point offsets; then fuzzy
-(``rapidfuzz`` partial-ratio alignment on the normalised strings, score >= ``threshold``). A quote
-that occurs more than once is resolved by ``near`` — an offset, a ``(start, end)`` range or a
+(``rapidfuzz`` partial-ratio alignment on the normalised strings, score >= ``threshold``, widened
+to whole words). A quote that occurs more than once (for fuzzy: a second region scoring within 5
+points of the best) is resolved by ``near`` — an offset, a ``(start, end)`` range or a
 :class:`~spans.segment.Segment` — choosing the unique closest occurrence, or refused.
 """
 
@@ -20,6 +21,7 @@ _QUOTE_MAP = {
     **dict.fromkeys("“”„‟″«»", '"'),
     **dict.fromkeys("‐‑‒–—―−", "-"),
 }
+_AMBIGUITY_MARGIN = 5.0  # rapidfuzz score points
 _DROP = {"\u200b", "\u00ad", "\ufeff", "\u2060"}  # invisible, never meaningful in a quote
 
 
@@ -64,9 +66,10 @@ def locate_detail(text: str, quote: str, near=None, *, threshold: float = 90.0) 
         return Located(None, None, reason="absent")
     score, a, b = best
     found = [(a, b)]
-    # Another region as good as the best one (a repeated step) makes the quote ambiguous.
+    # Another region nearly as good as the best (a repeated step) makes the quote ambiguous;
+    # "nearly": partial-ratio scores of equal copies differ by a few points with window edges.
     for lo, hi in ((0, a), (b, len(ntext))):
-        other = _fuzzy(ntext, nquote, lo, hi, max(threshold, score - 0.5))
+        other = _fuzzy(ntext, nquote, lo, hi, max(threshold, score - _AMBIGUITY_MARGIN))
         if other is not None:
             found.append((other[1], other[2]))
     spans = [_trim(text, nstart[x], nend[y - 1]) for x, y in found]
