@@ -111,20 +111,19 @@ def token_routes_flat(
     route_N = np.zeros(n, dtype=np.int8)
     if n == 0 or len(span_start_S) == 0:
         return route_N
-    lengths_B = np.diff(splits)
-    empty_N = s_N >= e_N
-    any_empty = bool(empty_N.any())
-    if any_empty:
-        # Give empty tokens (specials) the offsets of the token before them so the arrays stay
-        # sorted; they are zeroed at the end whatever they overlap.
-        last_N = np.where(empty_N, 0, np.arange(n))
-        np.maximum.accumulate(last_N, out=last_N)
-        s_N, e_N = s_N[last_N], e_N[last_N]
-    if not _sorted_within_rows(s_N, splits) or not _sorted_within_rows(e_N, splits):
+    empty_idx = np.flatnonzero(s_N >= e_N)
+    first_B, stop_B = splits[:-1], splits[1:]
+    if len(empty_idx):
+        # Specials at a row's start or end (BOS/EOS, the usual case) are simply left out of the
+        # searched range; only specials between real tokens need sorted stand-in offsets (a copy).
+        first_B, stop_B, inner = _real_token_range(splits, empty_idx)
+        if len(inner):
+            s_N, e_N = _fill_empty(s_N, e_N, splits, inner)
+    if not (_sorted_within_rows(s_N, splits, empty_idx) and _sorted_within_rows(e_N, splits, empty_idx)):
         return _routes_broadcast(tok_start_N, tok_end_N, splits, span_start_S, span_end_S,
                                  span_code_S, span_row_S)
     row_S = np.asarray(span_row_S, dtype=np.int64)
-    first_S, stop_S = splits[row_S], splits[row_S + 1]
+    first_S, stop_S = first_B[row_S], stop_B[row_S]
     # First token ending after the span starts, first token starting at/after the span ends.
     lo_S = rowwise_searchsorted(e_N, first_S, stop_S, np.asarray(span_start_S), side="right")
     hi_S = rowwise_searchsorted(s_N, first_S, stop_S, np.asarray(span_end_S), side="left")
@@ -132,9 +131,47 @@ def token_routes_flat(
     for code in (1, 2):  # paint key first, then error, so error wins a shared token
         sel = code_S == code
         _paint(route_N, lo_S[sel], hi_S[sel], code)
-    if any_empty:
-        route_N[empty_N] = 0
+    route_N[empty_idx] = 0
     return route_N
+
+
+def _real_token_range(splits, empty_idx):
+    """Per row, ``[first, stop)`` without its leading and trailing empty tokens, and the empty
+    tokens that sit between real ones (``inner``). O(rows + specials)."""
+    row_E = np.searchsorted(splits, empty_idx, side="right") - 1
+    n_B = len(splits) - 1
+    count_B = np.bincount(row_E, minlength=n_B)
+    first_in_E = np.searchsorted(row_E, row_E, side="left")  # index in empty_idx of the row's first
+    rank_E = np.arange(len(empty_idx)) - first_in_E
+    lead_E = empty_idx - splits[row_E] == rank_E
+    trail_E = (splits[row_E + 1] - 1 - empty_idx) == (count_B[row_E] - 1 - rank_E)
+    lead_B = np.bincount(row_E[lead_E], minlength=n_B)
+    trail_B = np.bincount(row_E[trail_E & ~lead_E], minlength=n_B)
+    first_B = splits[:-1] + lead_B
+    stop_B = np.maximum(splits[1:] - trail_B, first_B)
+    return first_B, stop_B, empty_idx[~(lead_E | trail_E)]
+
+
+def _fill_empty(s_N, e_N, splits, empty_idx):
+    """Copies of the offsets where each empty token (a special, usually (0, 0)) takes the offsets
+    of the last non-empty token before it in its row, or (0, 0) at the row's start, so both arrays
+    stay sorted within rows. Sparse: O(N) copies plus O(specials) work."""
+    def is_empty(i):  # membership in the sorted empty_idx, without an N-long mask
+        pos = np.minimum(np.searchsorted(empty_idx, i), len(empty_idx) - 1)
+        return (i >= 0) & (empty_idx[pos] == i)
+
+    src = empty_idx - 1
+    back = is_empty(src)
+    while back.any():  # runs of specials: walk back to the last real token
+        src[back] -= 1
+        back = is_empty(src)
+    row_start = splits[np.searchsorted(splits, empty_idx, side="right") - 1]
+    in_row = src >= row_start
+    take = np.maximum(src, 0)
+    s_out, e_out = np.array(s_N, copy=True), np.array(e_N, copy=True)
+    s_out[empty_idx] = np.where(in_row, s_N[take], 0)
+    e_out[empty_idx] = np.where(in_row, e_N[take], 0)
+    return s_out, e_out
 
 
 def rowwise_searchsorted(
@@ -147,20 +184,21 @@ def rowwise_searchsorted(
     ``np.searchsorted`` would first need every row moved into its own coordinate range, which
     costs more than the searches). ``x`` must be non-decreasing on each ``[first, stop)``.
     """
-    lo = np.asarray(first_S, dtype=np.int64).copy()
-    hi = np.asarray(stop_S, dtype=np.int64).copy()
+    base = np.asarray(first_S, dtype=np.int64)
+    n = np.asarray(stop_S, dtype=np.int64) - base
     q = np.asarray(q_S)
-    if not len(lo):
-        return lo
-    last = len(x_N) - 1
-    for _ in range(int(np.max(hi - lo, initial=0)).bit_length()):
-        mid = (lo + hi) >> 1
-        v = x_N[np.minimum(mid, last)]
-        go_right = (v <= q) if side == "right" else (v < q)
-        go_right &= lo < hi
-        lo = np.where(go_right, mid + 1, lo)
-        hi = np.where(go_right, hi, np.where(lo < hi, mid, hi))
-    return lo
+    if not len(base) or not len(x_N):
+        return base.copy()
+    below = np.less_equal if side == "right" else np.less  # "x[i] comes before q"
+    # Branchless lower bound: halve each query's window until one element is left.
+    while True:
+        half = n >> 1
+        if not half.any():
+            break
+        mid = base + half
+        base = np.where(below(np.take(x_N, mid, mode="clip"), q), mid, base)
+        n = n - half
+    return base + ((n > 0) & below(np.take(x_N, base, mode="clip"), q))
 
 
 def _paint(route_N: np.ndarray, lo: np.ndarray, hi: np.ndarray, code: int) -> None:
@@ -176,10 +214,14 @@ def _paint(route_N: np.ndarray, lo: np.ndarray, hi: np.ndarray, code: int) -> No
     route_N[idx] = code
 
 
-def _sorted_within_rows(x_N: np.ndarray, splits: np.ndarray) -> bool:
-    """True when ``x`` never decreases inside a row (a decrease at a row start is fine)."""
+def _sorted_within_rows(x_N: np.ndarray, splits: np.ndarray, empty_idx: np.ndarray) -> bool:
+    """True when ``x`` never decreases between real tokens of a row (a decrease at a row start,
+    onto an empty token, or just after one is fine: empty tokens are never searched)."""
     drops = np.flatnonzero(x_N[1:] < x_N[:-1]) + 1
-    return not len(drops) or bool(np.isin(drops, splits).all())
+    if not len(drops):
+        return True
+    ok = np.isin(drops, splits) | np.isin(drops, empty_idx) | np.isin(drops - 1, empty_idx)
+    return bool(ok.all())
 
 
 def _routes_broadcast(s_N, e_N, splits, a_S, b_S, code_S, row_S) -> np.ndarray:
