@@ -68,9 +68,11 @@ def show(
     from spans.render import legend, render_row
 
     console = Console()
-    console.print(legend())
+    plain = console.no_color or not console.is_terminal  # no colours: mark spans with [[...]]
+    if not plain:
+        console.print(legend())
     for row in rows:
-        console.print(render_row(row, source=source))
+        console.print(render_row(row, source=source, brackets=plain))
 
 
 def select_rows(store, version: str | None, *, rollout: str | None, limit: int, source: str | None,

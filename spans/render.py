@@ -53,13 +53,20 @@ def _visible(piece: str, next_char: str = "") -> str:
     return piece.replace("\r", "\n")
 
 
-def render_text(text: str, spans: Sequence[Span]) -> Text:
-    """The response as a rich ``Text`` with key spans green, error spans red."""
+def render_text(text: str, spans: Sequence[Span], *, brackets: bool = False) -> Text:
+    """The response as a rich ``Text`` with key spans green, error spans red.
+
+    ``brackets=True`` also writes ``[[key: …]]`` around spans, for output without colour (a pipe,
+    a log file, ``NO_COLOR``).
+    """
     out = Text()
     pos = 0
     for piece, kind, _ in pieces(text, spans):
         pos += len(piece)
-        out.append(_visible(piece, text[pos:pos + 1]), style=STYLES[kind] if kind else None)
+        shown = _visible(piece, text[pos:pos + 1])
+        if kind and brackets:
+            shown = f"[[{kind}: {shown}]]"
+        out.append(shown, style=STYLES[kind] if kind else None)
     return out
 
 
@@ -74,8 +81,9 @@ def _header(row: dict) -> str:
     return " · ".join(bits)
 
 
-def render_row(row: dict, *, source: str | None = None) -> Panel:
-    """One rollout as a rich Panel: one coloured rendering per annotator (or the plain response)."""
+def render_row(row: dict, *, source: str | None = None, brackets: bool = False) -> Panel:
+    """One rollout as a rich Panel: one coloured rendering per annotator (or the plain response),
+    each followed by its spans' offsets."""
     response = row.get("response") or ""
     groups = by_annotator(row.get("spans"), source)
     parts: list = []
@@ -84,7 +92,9 @@ def render_row(row: dict, *, source: str | None = None) -> Panel:
     for who, spans in groups.items():
         n_key = sum(s.label == "key" for s in spans)
         title = Text(f"{who}: {n_key} key, {len(spans) - n_key} error", style="bold cyan")
-        parts += [title, render_text(response, spans), Text("")]
+        listing = Text("\n".join(f"  {s.label:5s} [{s.start}:{s.end}) {s.text!r}"
+                                  for s in sorted(spans, key=lambda s: s.start)), style="dim")
+        parts += [title, render_text(response, spans, brackets=brackets), listing, Text("")]
     return Panel(Group(*parts), title=_header(row), title_align="left")
 
 
