@@ -373,3 +373,14 @@ def test_segment_dataclass_is_frozen():
     assert seg == Segment(1, 0, 2, "a\n")
     with pytest.raises(AttributeError):
         seg.start = 3  # type: ignore[misc]
+
+
+def test_fuzzy_edges_never_cut_a_zwj_sequence_or_marks():
+    from spans.locate import _trim
+
+    t = "I am 👩‍💻 cafe\u0301 👍🏽 ok"
+    assert t[slice(*_trim(t, 5, 6))] == "👩‍💻"  # a fuzzy edge after 👩 widens to the whole sequence
+    assert t[slice(*_trim(t, 7, 9))] == "👩‍💻 "[:-1]  # starting on 💻 (after the ZWJ) too
+    assert t[slice(*_trim(t, 9, 13))] == "cafe\u0301"  # and keeps the combining accent
+    assert t[slice(*_trim(t, 15, 16))] == "👍🏽"  # and the skin tone
+    assert _trim(t, 4, 5) == (5, 5)  # whitespace only: empty, nothing to widen
