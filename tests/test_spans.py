@@ -293,6 +293,15 @@ def test_routes_non_monotone_offsets_fall_back_exactly():
     assert token_routes(spans, om, 4).tolist() == naive_routes(spans, om) == [0, 1, 0, 2]
 
 
+def test_routes_special_between_unsorted_tokens_is_not_trusted():
+    om = [(5, 10), (0, 0), (0, 4), (10, 12), (0, 0)]
+    spans = [Span(1, 2, "key", "api", "a", "x"), Span(6, 7, "error", "api", "a", "x")]
+    assert token_routes(spans, om, 5).tolist() == naive_routes(spans, om) == [2, 0, 1, 0, 0]
+    om2 = [(9, 9), (0, 3), (3, 5), (0, 0), (5, 8), (0, 0), (7, 7)]  # leading (k, k), inner, trailing
+    spans2 = [Span(2, 6, "key", "api", "a", "x" * 4)]
+    assert token_routes(spans2, om2, 7).tolist() == naive_routes(spans2, om2) == [0, 1, 1, 0, 1, 0, 0]
+
+
 def test_batch_routes_equal_single_rows_and_accept_arrow():
     texts = [TEXT, "no spans here", "𝑥👩‍💻"]
     rows = [[sp(TEXT, "17 + 25 = 42"), sp(TEXT, "Answer", "error")], [], [sp(texts[2], "👩‍💻", "error")]]
