@@ -171,6 +171,8 @@ def test_segment_never_splits_display_math_or_code_fences():
     assert "```python\nprint(1)\n\nprint(2)\n```\n" in texts
     assert "and $$a\nb$$ end" in texts
     assert tiles(t, segs)
+    crlf = "A\r\n\\[ x \\\\\r\n y \\]\r\nB"
+    assert numbered(crlf) == "[1] A\n[2] \\[ x \\\\\n y \\]\n[3] B"
 
 
 def test_segment_splits_long_lines_into_sentences_but_not_inside_math():
