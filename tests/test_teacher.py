@@ -50,6 +50,9 @@ def test_gathered_scoring_equals_full_logits(model):
     torch.testing.assert_close(sc.topk_logprobs_NK, top.values, atol=1e-5, rtol=1e-5)
     assert torch.equal(sc.topk_ids_NK, top.indices)
     assert sc.hidden_NH.shape == (int(sel.sum()), 64)
+    with torch.no_grad():
+        only_spans = score(model, student, select_BT=select, token_logprobs=False)
+    assert only_spans.logprobs_BT is None and torch.equal(only_spans.hidden_NH, sc.hidden_NH)
 
 
 @pytest.mark.parametrize("direction", ["forward", "reverse"])
