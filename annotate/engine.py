@@ -34,7 +34,7 @@ from pathlib import Path
 
 from annotate.journal import CallRecord, Journal, canonical
 from annotate.pricing import Price
-from annotate.secrets import redact
+from annotate.secrets import secret_values
 
 
 @dataclass(frozen=True)
@@ -179,8 +179,11 @@ def _ratelimit_pause_s(headers) -> float | None:
 class _Run:
     """State of one engine run; the main flow is `run` below."""
 
-    def __init__(self, config: EngineConfig, journal: Journal, total: int):
+    def __init__(self, config: EngineConfig, journal: Journal, total: int, api_key: str):
         self.cfg = config
+        # Every string that leaves the engine (answers, raw responses, errors) goes through
+        # `redact`: the key in use plus any secret-looking environment variable.
+        self._secrets = secret_values((api_key,))
         self.journal = journal
         self.summary = Summary(requests=total)
         self.records: dict[str, CallRecord] = {}
@@ -189,6 +192,13 @@ class _Run:
         self.stop = False
         self._progress = None
         self._task = None
+
+    def redact(self, text: str | None) -> str | None:
+        if text:
+            for v in self._secrets:
+                if v in text:
+                    text = text.replace(v, "***")
+        return text
 
     # -- budget ---------------------------------------------------------------------------
     def over_budget(self) -> bool:
@@ -220,7 +230,7 @@ class _Run:
                 return self._parse_ok(key, text, attempt)
             except openai.APIStatusError as e:
                 status = e.status_code
-                last_error = redact(f"HTTP {status}: {_short(e.response.text if e.response is not None else str(e))}")
+                last_error = self.redact(f"HTTP {status}: {_short(e.response.text if e.response is not None else str(e))}")
                 headers = e.response.headers if e.response is not None else None
                 if status == 429:
                     self.summary.rate_limited += 1
@@ -231,7 +241,7 @@ class _Run:
                 else:
                     wait = retry_after_s(headers)
             except (openai.APITimeoutError, openai.APIConnectionError) as e:
-                last_error = redact(f"{type(e).__name__}: {e}")
+                last_error = self.redact(f"{type(e).__name__}: {e}")
             finally:
                 await limiter.release(ok)
             if attempt < self.cfg.max_attempts:
@@ -252,9 +262,10 @@ class _Run:
         except (ValueError, KeyError, IndexError, TypeError) as e:
             # The HTTP call succeeded (and was likely billed) but the envelope is not a chat
             # completion: keep the raw text as evidence, do not retry (it would pay again).
-            return CallRecord(key, "done", None, redact(text), 0, 0, 0.0,
+            return CallRecord(key, "done", None, self.redact(text), 0, 0, 0.0,
                               f"unreadable response envelope: {type(e).__name__}: {e}", attempts)
-        return CallRecord(key, "done", content, text, pt, ct, self.cfg.price.cost(pt, ct), None, attempts)
+        return CallRecord(key, "done", self.redact(content), self.redact(text), pt, ct,
+                          self.cfg.price.cost(pt, ct), None, attempts)
 
     def _failed(self, key: str, error: str, attempts: int) -> CallRecord:
         return CallRecord(key, "failed", None, None, 0, 0, 0.0, error, attempts)
@@ -320,7 +331,8 @@ async def _run(bodies: list[dict], cfg: EngineConfig) -> tuple[dict[str, CallRec
     for body in bodies:
         body_json = canonical(body)
         keyed.setdefault(request_key(body_json), (body_json, body))
-    run = _Run(cfg, journal, len(keyed))
+    api_key = os.environ.get(cfg.api_key_env) or "none"  # local servers accept any key
+    run = _Run(cfg, journal, len(keyed), api_key)
     crashed = journal.inflight()
     cached = journal.lookup(list(keyed))
     run.records.update(cached)
@@ -330,7 +342,6 @@ async def _run(bodies: list[dict], cfg: EngineConfig) -> tuple[dict[str, CallRec
 
     progress = run.start_progress()
     run.tick(len(cached))
-    api_key = os.environ.get(cfg.api_key_env) or "none"  # local servers accept any key
     queue: asyncio.Queue = asyncio.Queue()
     limiter = _Limiter(cfg.concurrency)
 

@@ -1,9 +1,9 @@
 """Model answers -> exact spans: a tolerant JSON parser and the segment/quote mapping.
 
-Integers from a model are never trusted alone: a step's span is the segment it names only when
-its quote (if any) is found inside that segment; a quote found elsewhere wins over the number
-(the model miscounted); a number out of range with a findable quote is repaired from the quote;
-a number out of range with no findable quote is dropped and the row says why.
+Integers from a model are never trusted alone. A step's span is its quote located inside the
+segment it names (the tight span the model pointed at); a quote found only elsewhere wins over the
+number (the model miscounted); a quote found nowhere falls back to the whole named segment; a
+number out of range is repaired from its quote, or the step is dropped; every repair is noted.
 """
 
 from __future__ import annotations
@@ -78,15 +78,19 @@ def map_answer(obj: dict, response: str, label: str, source: str, annotator: str
                 notes.append(f"step {k}: segment {n!r} outside 1..{len(segs)} and no quote found")
                 continue
             notes.append(f"step {k}: segment {n!r} outside 1..{len(segs)}; placed by its quote")
-            ranges.add(_segment_around(segs, where) or where)
+            ranges.add(where)
             continue
         if isinstance(quote, str) and quote.strip():
-            where = locate(response, quote, near=seg.start)
+            inner = locate(seg.text, quote)  # the quote inside its own segment: the tight span
+            if inner is not None:
+                ranges.add((seg.start + inner[0], seg.start + inner[1]))
+                continue
+            where = locate(response, quote, near=(seg.start, seg.end))
             if where is None:
-                notes.append(f"step {k}: quote not found; kept segment {n}")
-            elif not (where[0] < seg.end and where[1] > seg.start):
+                notes.append(f"step {k}: quote not found; marked all of segment {n}")
+            else:
                 notes.append(f"step {k}: quote is not in segment {n}; placed by its quote")
-                ranges.add(_segment_around(segs, where) or where)
+                ranges.add(where)
                 continue
         ranges.add((seg.start, seg.end))
     spans = [Span(a, b, label, source, annotator, response[a:b]) for a, b in sorted(ranges) if b > a]
@@ -101,12 +105,3 @@ def map_answer(obj: dict, response: str, label: str, source: str, annotator: str
         return Mapped([], error_type, "failed", notes)
     return Mapped(spans, error_type, "repaired" if notes else "ok", notes)
 
-
-def _segment_around(segs: list[Seg], where: tuple[int, int]) -> tuple[int, int] | None:
-    """The segment containing most of `where`: spans are whole steps, like the ones numbered."""
-    best, overlap = None, 0
-    for s in segs:
-        o = min(s.end, where[1]) - max(s.start, where[0])
-        if o > overlap:
-            best, overlap = (s.start, s.end), o
-    return best

@@ -4,13 +4,14 @@ A toy response is one step per line, ``17 + 25 = 42``, then ``Answer: 126``. Eac
 with a regex and recomputed; the reference solution (same format, or just the answer) says what
 each step's result should be.
 
-- incorrect rollout -> one ``error`` span on the FIRST wrong line, with an `error_type`:
+- incorrect rollout -> one ``error`` span in the FIRST wrong line, with an `error_type`:
   ``arithmetic`` (a = b op c is false), ``wrong_operation`` (true arithmetic, but not the
   reference's step), ``logic`` (the Answer line does not repeat the last result, or an extra step),
   ``incomplete`` (no Answer line, or it stops before the reference's last step), ``other``;
-- correct rollout -> ``key`` spans on the steps that carry the answer: the last step whose result
-  equals the answer, and the ``Answer:`` line.
-Spans cover a whole line without its surrounding whitespace (code points of `response`).
+- correct rollout -> ``key`` spans on the steps that carry the answer: the result of the last step
+  whose result equals the answer, and the number on the ``Answer:`` line.
+Spans are the wrong or decisive part of a step, not the whole line (see `annotate_lines`), in code
+points of `response`.
 """
 
 from __future__ import annotations
@@ -49,52 +50,61 @@ def _answer_of(text: str) -> int | None:
     return int(nums[-1]) if nums else None
 
 
-def annotate_lines(lines: list[str], reference: str | None, want_error: bool) -> tuple[list[int], str | None]:
-    """Indices of the lines to mark and, for an error, its type. Pure; used by the scripted oracle too."""
+Pick = tuple[int, int, int]  # (line index, start, end) - the marked part of that line
+
+
+def annotate_lines(lines: list[str], reference: str | None, want_error: bool) -> tuple[list[Pick], str | None]:
+    """The parts of lines to mark and, for an error, its type. Pure; the scripted oracle uses it too.
+
+    Marks are tight so they survive TRACE's 25% cap on three-line toy responses: an arithmetic slip
+    marks the wrong result, a wrong operation marks the operator and its operand, an Answer-line
+    error marks the answer; key spans mark the final step's result and the answer.
+    """
     ref_steps = _steps_of(reference or "")
     ref_answer = _answer_of(reference or "")
-    results: list[tuple[int, int]] = []  # (line index, stated result) of arithmetic steps
-    answer_line: tuple[int, int] | None = None
-    first_error: tuple[int, str] | None = None
+    results: list[tuple[int, int, re.Match]] = []  # (line index, stated result, match) of steps
+    answer: tuple[int, int, re.Match] | None = None
+    first_error: tuple[Pick, str] | None = None
     for i, line in enumerate(lines):
         m = STEP.search(line)
         if m:
             a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
             j = len(results)
-            results.append((i, c))
+            results.append((i, c, m))
             if first_error is None:
                 if _compute(a, op, b) != c:
-                    first_error = (i, "arithmetic")
+                    first_error = ((i, m.start(4), m.end(4)), "arithmetic")
                 elif ref_steps and j < len(ref_steps) and c != ref_steps[j]:
-                    first_error = (i, "wrong_operation")
+                    first_error = ((i, m.start(2), m.end(3)), "wrong_operation")
                 elif ref_steps and j >= len(ref_steps):
-                    first_error = (i, "logic")
+                    first_error = ((i, m.start(), m.end()), "logic")
             continue
-        a = ANSWER.search(line)
-        if a and answer_line is None:
-            answer_line = (i, int(a.group(1)))
+        am = ANSWER.search(line)
+        if am and answer is None:
+            answer = (i, int(am.group(1)), am)
     if not want_error:
-        picks = []
-        if answer_line is not None:
-            carrying = [i for i, c in results if c == answer_line[1]]
+        picks: list[Pick] = []
+        if answer is not None:
+            carrying = [(i, m) for i, c, m in results if c == answer[1]]
             if carrying:
-                picks.append(carrying[-1])
-            picks.append(answer_line[0])
+                i, m = carrying[-1]
+                picks.append((i, m.start(4), m.end(4)))
+            picks.append((answer[0], answer[2].start(1), answer[2].end(1)))
         elif results:
-            picks.append(results[-1][0])
+            i, _, m = results[-1]
+            picks.append((i, m.start(4), m.end(4)))
         return picks, None
     if first_error is not None:
         return [first_error[0]], first_error[1]
-    if answer_line is None:
-        return ([len(lines) - 1] if lines else []), "incomplete"
-    i, value = answer_line
+    if answer is None:
+        return ([(len(lines) - 1, 0, len(lines[-1]))] if lines else []), "incomplete"
+    i, value, am = answer
+    pick = (i, am.start(1), am.end(1))
     if results and value != results[-1][1]:
-        return [i], "logic"
+        return [pick], "logic"
     if ref_steps and len(results) < len(ref_steps):
-        return [i], "incomplete"
-    if ref_answer is not None and value != ref_answer:
-        return [i], "other"
-    return [i], "other"
+        return [pick], "incomplete"
+    return [pick], "other"
 
 
 def line_ranges(text: str) -> list[tuple[int, int]]:
@@ -116,6 +126,8 @@ def rule_annotate(response: str, reference: str | None, correct: bool) -> tuple[
     ranges = line_ranges(response)
     picks, error_type = annotate_lines([response[a:b] for a, b in ranges], reference, want_error=not correct)
     label = "key" if correct else "error"
-    spans = [Span(ranges[i][0], ranges[i][1], label, "rule", ANNOTATOR, response[ranges[i][0]:ranges[i][1]])
-             for i in sorted(set(picks))]
+    spans = []
+    for i, a, b in sorted(set(picks)):
+        start, end = ranges[i][0] + a, ranges[i][0] + b
+        spans.append(Span(start, end, label, "rule", ANNOTATOR, response[start:end]))
     return spans, error_type

@@ -104,7 +104,7 @@ class ToyOracle:
         ref = user.split("Reference solution (privileged, for you only):\n", 1)[-1].split("\n\n", 1)[0]
         want_error = schema == "error_spans"
         picks, error_type = annotate_lines(texts, ref, want_error=want_error)
-        steps = [{"segment": i + 1, "quote": texts[i], "reason": "carries the result"} for i in picks]
+        steps = [{"segment": i + 1, "quote": texts[i][a:b], "reason": "this part decides it"} for i, a, b in picks]
         u = _unit(json.dumps(body["messages"], sort_keys=True))
         if u < self.p_malformed:
             return '{"steps": [{"segment": 1, "quote": "oops", "reason": '  # truncated JSON
@@ -151,6 +151,12 @@ def build_app(state: _State):
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         raw = await request.body()
+        try:
+            body = json.loads(raw)
+            assert isinstance(body.get("messages"), list) and body.get("model")
+        except (ValueError, AssertionError, AttributeError):
+            return Response('{"error":{"message":"invalid request: need model and messages[]"}}', 400,
+                            media_type="application/json")
         key = request.headers.get("idempotency-key") or hashlib.sha256(raw).hexdigest()
         attempt = state.attempts[key] = state.attempts.get(key, 0) + 1
         fault = state.faults.draw(key, attempt)
@@ -177,7 +183,6 @@ def build_app(state: _State):
                 await asyncio.sleep(state.faults.slow_s)
             if state.latency_s:
                 await asyncio.sleep(state.latency_s)
-            body = json.loads(raw)
             content = state.responder(body)
             prompt_chars = sum(len(m.get("content") or "") for m in body.get("messages", []))
             usage = {"prompt_tokens": prompt_chars // 4 + 1, "completion_tokens": len(content) // 4 + 1}
