@@ -96,7 +96,10 @@ def annotate_lines(lines: list[str], reference: str | None, want_error: bool) ->
         return picks, None
     if first_error is not None:
         return [first_error[0]], first_error[1]
-    if answer is None:
+    if answer is None:  # stopped without stating an answer: mark where it stopped
+        if results:
+            i, _, m = results[-1]
+            return [(i, m.start(4), m.end(4))], "incomplete"
         return ([(len(lines) - 1, 0, len(lines[-1]))] if lines else []), "incomplete"
     i, value, am = answer
     pick = (i, am.start(1), am.end(1))
