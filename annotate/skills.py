@@ -69,7 +69,7 @@ def rule_skill(group: list[dict]) -> str:
     success = (f"{ok} of {n} attempts were correct: they did the operations in the problem's order, one "
                "per line, and repeated the last result on the Answer line." if ok else
                f"none of {n} attempts was correct.")
-    mistakes = ("; ".join(f"{c} attempt(s) with a {k.replace('_', ' ')} error" for k, c in kinds.most_common())
+    mistakes = ("; ".join(f"{c} attempt(s): {k.replace('_', ' ')} error" for k, c in kinds.most_common())
                 if kinds else "no mistakes in this group.")
     return skill_json(success, mistakes, toy_workflow(group[0].get("reference")))
 
