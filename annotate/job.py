@@ -31,14 +31,22 @@ def read_records(store, version=None, limit: int | None = None) -> tuple[int, li
     return v, rows[:limit] if limit else rows
 
 
-def checked(rec: dict, res: RowResult) -> RowResult:
-    """Validate a result's spans against the response; a bad span fails the row, never the job."""
+def checked(rec: dict, res: RowResult, max_fraction: float | None = 0.25) -> RowResult:
+    """Validate a result's spans (`spans.validate`: in range, text matches, overlaps merged, TRACE's
+    cap); a refused span fails the row, never the job; spans the cap drops are noted, and a row
+    whose spans are all dropped by the cap fails with that reason."""
     if res.status not in ("ok", "repaired") or not res.spans:
         return res
-    spans, error = validate_spans(rec["response"], res.spans)
+    kept, dropped, error = validate_spans(rec["response"], res.spans, rec["rollout_id"], max_fraction)
     if error:
-        return replace(res, spans=[], status="failed", error=f"rollout {rec['rollout_id']}: {error}")
-    return replace(res, spans=spans)
+        return replace(res, spans=[], status="failed", error=error)
+    if not dropped:
+        return replace(res, spans=kept)
+    note = (f"cap: {len(dropped)} of {len(res.spans)} spans dropped (over {max_fraction:.0%} of the response)")
+    error_msg = "; ".join(x for x in (res.error, note) if x)
+    if not kept:
+        return replace(res, spans=[], status="failed", error=error_msg)
+    return replace(res, spans=kept, status="repaired", error=error_msg)
 
 
 def update_table(records: list[dict], results: list[RowResult], prov: Provenance,
