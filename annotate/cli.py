@@ -48,6 +48,8 @@ PROMPTS = typer.Option(None, "--prompts", help="Directory with your own key_span
 CACHE = typer.Option(None, "--cache", help="Request cache file (default: <store>/_annotate/cache.sqlite).")
 LIMIT = typer.Option(None, "--limit", help="Annotate only the first N rows (a cheap trial run).")
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show the progress bar.")
+BATCH_EXPORT = typer.Option(None, "--batch-export", help="Write the requests not yet in the cache as an OpenAI Batch API JSONL file and stop (no version written).")
+BATCH_IMPORT = typer.Option(None, "--batch-import", help="Load a Batch API output JSONL into the cache first; the run then serves those rows from the cache.")
 
 
 def _engine_config(store: Path, base_url, key_env, concurrency, timeout, attempts, max_cost, price_in,
@@ -98,15 +100,26 @@ def _report(v: int, results, summary=None) -> None:
 
 
 def _api(store, version, base_url, model, key_env, concurrency, timeout, attempts, max_cost, price_in,
-         price_out, max_tokens, response_format, prompts, cache, limit, progress, source, checkpoint=None):
+         price_out, max_tokens, response_format, prompts, cache, limit, progress, source, checkpoint=None,
+         batch_export=None, batch_import=None):
     from annotate.api import ApiAnnotator, RequestParams
-    from annotate.job import annotate_store
+    from annotate.batch import export_batch, import_batch
+    from annotate.job import annotate_store, read_records
 
     cfg = _engine_config(store, base_url, key_env, concurrency, timeout, attempts, max_cost, price_in,
                          price_out, model, cache, progress, f"annotate {source}")
     ann = ApiAnnotator(cfg, model, source=source, prompt_dir=prompts, checkpoint=checkpoint,
                        params=RequestParams(max_tokens=max_tokens, response_format=response_format))
     st = _open_store(store)
+    if batch_import:
+        stored, errors = import_batch(Path(batch_import), cfg.cache_path, cfg.price)
+        console.print(f"imported {stored} batch answers into the cache ({errors} error lines skipped)")
+    if batch_export:
+        bodies = [b for b in map(ann.body_for, read_records(st, version, limit)[1]) if b is not None]
+        n = export_batch(bodies, cfg.cache_path, Path(batch_export))
+        console.print(f"wrote {n} requests to {batch_export}; submit it with the Batch API, then rerun "
+                      "this command with --batch-import OUTPUT.jsonl")
+        return
     v, results = annotate_store(st, ann, version, limit=limit,
                                 extra={"run": ann.summary.as_dict() if ann.summary else {}})
     _report(v, results, ann.summary)
@@ -117,7 +130,8 @@ def api_(store: Path = STORE, version: str = VERSION, base_url: str = BASE_URL, 
          api_key_env: str = KEY_ENV, concurrency: int = CONC, timeout: float = TIMEOUT,
          max_attempts: int = ATTEMPTS, max_cost: float = MAX_COST, price_in: float = PRICE_IN,
          price_out: float = PRICE_OUT, max_tokens: int = MAX_TOKENS, response_format: str = RESP_FMT,
-         prompts: str = PROMPTS, cache: str = CACHE, limit: int = LIMIT, progress: bool = PROGRESS) -> None:
+         prompts: str = PROMPTS, cache: str = CACHE, limit: int = LIMIT, progress: bool = PROGRESS,
+         batch_export: str = BATCH_EXPORT, batch_import: str = BATCH_IMPORT) -> None:
     """Annotate spans with a model behind any OpenAI-compatible endpoint.
 
     The model sees the problem, the reference solution and the response as numbered segments, and
@@ -128,7 +142,8 @@ def api_(store: Path = STORE, version: str = VERSION, base_url: str = BASE_URL, 
     Example: OPENAI_API_KEY=... spanroute annotate api --store runs/store --model gpt-4o-mini --max-cost 2
     """
     _api(store, _v(version), base_url, model, api_key_env, concurrency, timeout, max_attempts, max_cost,
-         price_in, price_out, max_tokens, response_format, prompts, cache, limit, progress, "api")
+         price_in, price_out, max_tokens, response_format, prompts, cache, limit, progress, "api",
+         batch_export=batch_export, batch_import=batch_import)
 
 
 @annotate_app.command("self")

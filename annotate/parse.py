@@ -81,7 +81,10 @@ def map_answer(obj: dict, response: str, label: str, source: str, annotator: str
             ranges.add(where)
             continue
         if isinstance(quote, str) and quote.strip():
-            inner = locate(seg.text, quote)  # the quote inside its own segment: the tight span
+            # The quote inside its own segment is the tight span. Repeated inside the segment
+            # ("0 * 6 = 0"), the occurrence nearest the segment's end wins: a step states its
+            # result last, and results are what annotators point at.
+            inner = locate(seg.text, quote, near=len(seg.text))
             if inner is not None:
                 ranges.add((seg.start + inner[0], seg.start + inner[1]))
                 continue

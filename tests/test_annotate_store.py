@@ -161,3 +161,25 @@ def test_skills_extract_rule_and_api_fill_the_skill_column_and_the_bank(tmp_path
 
     b = SkillBank.load(bank)
     assert all(len(arms) == 2 for arms in b.arms.values()) and len(b.arms) == 4
+
+
+def test_batch_api_export_then_import_annotates_from_the_cache_without_requests(tmp_path):
+    st = make_store(tmp_path / "s", 24, seed=5)
+    out = tmp_path / "batch_in.jsonl"
+    with ScriptedServer() as srv:
+        assert main(api_args(tmp_path / "s", srv.base_url, "--batch-export", str(out))) == 0
+        lines = [json.loads(x) for x in out.read_text().splitlines()]
+        assert lines and all(x["url"] == "/v1/chat/completions" and len(x["custom_id"]) == 64 for x in lines)
+        # what the Batch API returns for that file (format of its output JSONL), answered by the oracle
+        oracle = ToyOracle()
+        results = tmp_path / "batch_out.jsonl"
+        results.write_text("".join(json.dumps({
+            "id": f"batch_req_{i}", "custom_id": x["custom_id"], "error": None,
+            "response": {"status_code": 200, "request_id": "r", "body": {
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": oracle(x["body"])}}],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 20}}}}) + "\n" for i, x in enumerate(lines)))
+        assert main(api_args(tmp_path / "s", srv.base_url, "--batch-import", str(results))) == 0
+        assert srv.log == []  # every answer came from the imported batch
+    rows = annotated(st)
+    assert st.latest_version() == 2 and all(r["annotation"]["parse_status"] in ("ok", "repaired") for r in rows)
+    assert rows[0]["annotation"]["cost_usd"] == pytest.approx((100 * 1 + 20 * 2) / 1e6 * 0.5)
