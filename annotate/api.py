@@ -8,6 +8,7 @@ wrong step plus an `error_type` for an incorrect one. Answers become exact spans
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
@@ -71,6 +72,7 @@ class ApiAnnotator:
     prompt_dir: str | None = None
     checkpoint: str | None = None  # recorded for `self`
     summary: Summary | None = None
+    runner: Callable[[list[dict]], tuple[dict, Summary]] | None = None  # default: HTTP engine
 
     def __post_init__(self) -> None:
         self.key_tpl = load("key_spans", self.prompt_dir)
@@ -83,7 +85,7 @@ class ApiAnnotator:
             prompt_hash=combined_hash([self.key_tpl, self.err_tpl]),
             extra={
                 "prompt_hashes": {"key_spans": self.key_tpl.sha256, "error_spans": self.err_tpl.sha256},
-                "base_url": public_url(self.engine.base_url),
+                "base_url": public_url(self.engine.base_url) if self.runner is None else "in-process",
                 "params": self.params.__dict__,
                 **({"checkpoint": self.checkpoint} if self.checkpoint else {}),
             },
@@ -99,7 +101,8 @@ class ApiAnnotator:
 
     def annotate(self, records: list[dict]) -> list[RowResult]:
         bodies = [self.body_for(r) for r in records]
-        calls, self.summary = run_calls([b for b in bodies if b is not None], self.engine)
+        todo = [b for b in bodies if b is not None]
+        calls, self.summary = self.runner(todo) if self.runner else run_calls(todo, self.engine)
         out = []
         for rec, body in zip(records, bodies):
             if body is None:

