@@ -41,7 +41,7 @@ from datastore.schema import (
     SCHEMA_VERSION,
     TOKEN_COLUMNS,
 )
-from datastore.validate import DataError, Where, check_spans, check_unique, conform_table, type_problem
+from datastore.validate import DataError, Where, check_spans, check_unique, conform_table
 from datastore.verify import VerifyReport, verify_table
 
 TABLE_NAME = "rollouts"
@@ -187,7 +187,7 @@ class Store:
             tbl = conform_table(table, target, where, required=REQUIRED_COLUMNS)
             ids = tbl.column("rollout_id").chunk(0)
             check_unique(ids, where, tbl)
-            check_spans(tbl.column("spans").chunk(0), tbl.column("response").to_pylist(), where, tbl)
+            check_spans(tbl.column("spans").chunk(0), tbl.column("response").chunk(0), where, tbl)
             rows_before = 0
             if ds is not None:
                 rows_before = ds.count_rows()
@@ -275,8 +275,8 @@ class Store:
             tbl = conform_table(table, sub, where, required=("rollout_id",))
             idx = self._index_existing(ds, tbl, where, "update")
             if "spans" in cols:
-                responses = ds.to_table(columns=["response"]).column("response").take(idx)
-                check_spans(tbl.column("spans").chunk(0), responses.to_pylist(), where, tbl)
+                responses = ds.take(idx.to_numpy(zero_copy_only=False), columns=["response"]).column("response")
+                check_spans(tbl.column("spans").chunk(0), responses.combine_chunks(), where, tbl)
             builder = (
                 ds.merge_insert("rollout_id").when_matched_update_all().write_mode("rewrite_columns")
             )

@@ -139,8 +139,9 @@ def test_update_and_add_columns_never_touch_token_files(store):
     tokens_before = _token_files(store, 2)
     assert tokens_before and tokens_before <= set(before)
     rows = make_rows(80)
-    new_spans = [[span(r["response"], r["response"][:3], "key", "api", "gpt")] for r in rows[1::2]]
-    v3 = store.update(pa.table({"rollout_id": [r["rollout_id"] for r in rows[1::2]],
+    targets = rows[1::2][::-1]  # any order: matched by rollout_id
+    new_spans = [[span(r["response"], r["response"][-3:], "key", "api", "gpt")] for r in targets]
+    v3 = store.update(pa.table({"rollout_id": [r["rollout_id"] for r in targets],
                                 "spans": pa.array(new_spans, ROLLOUT_SCHEMA.field("spans").type),
                                 "error_type": ["e"] * 40}), "ann", Lineage(stage="annotate", annotator="gpt"))
     v4 = store.add_columns(pa.table({"rollout_id": ["r00005"], "judge_score": pa.array([0.9], pa.float32())}))
@@ -152,7 +153,7 @@ def test_update_and_add_columns_never_touch_token_files(store):
     t = store.read()
     assert t.column("error_type").to_pylist()[:2] == ["arithmetic", "e"]  # other rows keep theirs
     assert t.column("spans").to_pylist()[0] == rows[0]["spans"]
-    assert t.column("spans").to_pylist()[1] == new_spans[0]
+    assert t.column("spans").to_pylist()[1] == new_spans[-1]
     assert t.column("response_token_ids").to_pylist() == [r["response_token_ids"] for r in rows]
     assert store.verify().ok
 
