@@ -148,8 +148,15 @@ class Store:
         raise StoreError(f"{what}: gave up after {MAX_COMMIT_TRIES} commit conflicts ({last})")
 
     def _properties(self, lineage: Lineage | None, message: str, **filled) -> dict[str, str]:
+        lineage = lineage or Lineage()
+        if lineage.parent_version is not None and "parent_version" in filled:
+            # The caller derived its data from an older version: keep that as the parent and
+            # record the version the commit was actually built on.
+            read_version = filled.pop("parent_version")
+            if read_version != lineage.parent_version:
+                filled["extra"] = {**filled.get("extra", lineage.extra), "read_version": read_version}
         lin = replace(
-            lineage or Lineage(),
+            lineage,
             message=message,
             schema_version=SCHEMA_VERSION,
             created_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
@@ -274,6 +281,8 @@ class Store:
             sub = pa.schema([ds.schema.field("rollout_id")] + [ds.schema.field(c) for c in cols])
             tbl = conform_table(table, sub, where, required=("rollout_id",))
             idx = self._index_existing(ds, tbl, where, "update")
+            if lineage is not None and lineage.parent_version is not None:
+                self._refuse_lost_update(ds, tbl, cols, lineage.parent_version)
             if "spans" in cols:
                 responses = ds.take(idx.to_numpy(zero_copy_only=False), columns=["response"]).column("response")
                 check_spans(tbl.column("spans").chunk(0), responses.combine_chunks(), where, tbl)
@@ -348,6 +357,38 @@ class Store:
             return lance.LanceDataset.commit(self.uri, txn).version
 
         return self._commit_loop("add_columns", attempt)
+
+    def _refuse_lost_update(self, ds, tbl: pa.Table, cols: list[str], base: int) -> None:
+        """Optimistic check for read-modify-write callers (``lineage.parent_version`` = the version
+        they read): refuse if any updated cell of these rows changed after ``base``, instead of
+        silently overwriting another annotator's work."""
+        from datastore.diff import rows_equal
+
+        if base == ds.version:
+            return
+        old = self._open(self.resolve(base))
+        old_ids = old.to_table(columns=["rollout_id"]).column("rollout_id").combine_chunks()
+        ids = tbl.column("rollout_id").chunk(0)
+        in_old = pc.index_in(ids, value_set=old_ids)
+        keep = pc.is_valid(in_old)
+        if not pc.any(keep).as_py():
+            return
+        new_ids = ds.to_table(columns=["rollout_id"]).column("rollout_id").combine_chunks()
+        at_old = pc.filter(in_old, keep).to_numpy(zero_copy_only=False)
+        at_new = pc.index_in(pc.filter(ids, keep), value_set=new_ids).to_numpy(zero_copy_only=False)
+        for c in cols:
+            if c not in old.schema.names:
+                continue
+            a = old.take(at_old, columns=[c]).column(c).combine_chunks()
+            b = ds.take(at_new, columns=[c]).column(c).combine_chunks()
+            eq = rows_equal(a, b)
+            if not eq.all():
+                rid = pc.filter(ids, keep)[int(np.flatnonzero(~eq)[0])].as_py()
+                raise StoreError(
+                    f"update based on version {base} would overwrite a later change: column '{c}' "
+                    f"of rollout_id={rid!r} changed between version {base} and {ds.version}; "
+                    f"re-read version {ds.version} and redo the update"
+                )
 
     @staticmethod
     def _check_keyed(table: pa.Table, where: Where, what: str) -> None:

@@ -316,3 +316,18 @@ def test_empty_store_reads_clearly(store):
         store.read()
     with pytest.raises(DataError, match="no rows"):
         store.write(make_table(0))
+
+
+def test_update_from_an_old_version_refuses_to_overwrite_a_later_change(store):
+    store.write(make_table(4), "w1")
+    a = pa.table({"rollout_id": ["r00001"], "error_type": ["by-a"]})
+    b = pa.table({"rollout_id": ["r00001"], "error_type": ["by-b"]})
+    assert store.update(a, "a", Lineage(stage="annotate", annotator="a", parent_version=1)) == 2
+    with pytest.raises(StoreError, match="column 'error_type' of rollout_id='r00001' changed between version 1 and 2"):
+        store.update(b, "b", Lineage(stage="annotate", annotator="b", parent_version=1))
+    # other rows and other columns read at v1 are still fine, and the parent is kept in lineage
+    c = pa.table({"rollout_id": ["r00002"], "error_type": ["by-c"]})
+    assert store.update(c, "c", Lineage(stage="annotate", parent_version=1)) == 3
+    lin = store.versions()[-1].lineage
+    assert lin["parent_version"] == 1 and lin["extra"]["read_version"] == 2
+    assert store.read().column("error_type").to_pylist()[1:3] == ["by-a", "by-c"]
