@@ -79,7 +79,10 @@ class Store:
     def _open(self, version: int | str | None = None):
         import lance
 
-        if not Path(self.uri).exists():
+        # A creator killed before its first commit leaves data files but no manifest: that is
+        # still an empty store (the next create ignores the orphans).
+        versions = Path(self.uri) / "_versions"
+        if not versions.is_dir() or not any(versions.glob("*.manifest")):
             return None
         return lance.dataset(self.uri, version=version)
 
@@ -215,16 +218,7 @@ class Store:
                 rows_before=rows_before,
             )
             if ds is None:
-                self.path.mkdir(parents=True, exist_ok=True)
-                try:
-                    new = lance.write_dataset(
-                        tbl, self.uri, schema=tbl.schema, mode="create", transaction_properties=props
-                    )
-                except OSError as e:
-                    if "already exists" in str(e):  # another writer created it first: append instead
-                        raise _CreateRace(str(e)) from e
-                    raise
-                return new.version
+                return self._create(tbl, props)
             txn = lance.fragment.write_fragments(tbl, ds, schema=ds.schema, return_transaction=True)
             txn.transaction_properties = props
             return lance.LanceDataset.commit(self.uri, txn).version
@@ -248,6 +242,24 @@ class Store:
         lin = lineage or Lineage(stage="import")
         lin = replace(lin, extra={**lin.extra, "source": str(src), "mapping": mapping or {}})
         return self.write(table, message or f"import {src}", lin, where=where)
+
+    def _create(self, tbl: pa.Table, props: dict[str, str]) -> int:
+        """Commit version 1. Lance would rebase a losing Overwrite on top of the winner (replacing
+        its rows), so the create commit gets no retries: the loser of a create race fails here and
+        the commit loop appends instead."""
+        import lance
+        from lance.dataset import LanceOperation, Transaction
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            frags = lance.fragment.write_fragments(tbl, self.uri, schema=tbl.schema, mode="create")
+            txn = Transaction(read_version=0, operation=LanceOperation.Overwrite(tbl.schema, frags),
+                              transaction_properties=props)
+            return lance.LanceDataset.commit(self.uri, txn, max_retries=0).version
+        except OSError as e:
+            if self._open() is not None:
+                raise _CreateRace(str(e)) from e
+            raise
 
     # ---- update --------------------------------------------------------------------------------
 

@@ -331,3 +331,18 @@ def test_update_from_an_old_version_refuses_to_overwrite_a_later_change(store):
     lin = store.versions()[-1].lineage
     assert lin["parent_version"] == 1 and lin["extra"]["read_version"] == 2
     assert store.read().column("error_type").to_pylist()[1:3] == ["by-a", "by-c"]
+
+
+def test_create_race_loser_appends_instead_of_overwriting(store, monkeypatch):
+    store.write(make_table(3), "winner")
+    loser = Store(store.path)
+    real_open, calls = loser._open, []
+
+    def stale_once(version=None):  # fault injection: the loser saw an empty store a moment ago
+        calls.append(version)
+        return None if len(calls) == 1 else real_open(version)
+
+    monkeypatch.setattr(loser, "_open", stale_once)
+    assert loser.write(make_table(2, 3), "loser") == 2
+    assert store.read(1).num_rows == 3 and store.read().num_rows == 5
+    assert [i.message for i in store.versions()] == ["winner", "loser"]
