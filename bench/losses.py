@@ -42,7 +42,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's train/, not an installed one
 
 FULL = dict(vocab=151_936, hidden=256, layers=2, batch=8, resp_len=1024, student_prompt=32, teacher_prompt=96, chunk_rows=0)
-QUICK = dict(vocab=65_536, hidden=256, layers=2, batch=2, resp_len=256, student_prompt=16, teacher_prompt=48, chunk_rows=0)
+# --quick shrinks the batch 16×, so its chunks shrink too (a chunk as large as the whole batch
+# would measure nothing); the full size uses the library default (2**25 logits per chunk).
+QUICK = dict(vocab=65_536, hidden=256, layers=2, batch=2, resp_len=256, student_prompt=16, teacher_prompt=48, chunk_rows=128)
 
 
 def _kb(field: str) -> int:
