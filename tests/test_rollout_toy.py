@@ -134,3 +134,27 @@ def test_math_verify_main_thread_and_worker_thread():
     t.start()
     t.join()
     assert out == [(1.0, True)]
+
+
+def test_toy_policy_builds_once_and_caches(tmp_path, monkeypatch):
+    # The mechanics on a 3-step recipe (the real one takes minutes): folder, info file, cache hit,
+    # SPANROUTE_CACHE, reload with AutoModel/AutoTokenizer.
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from train.toy import ToyPolicyRecipe, toy_policy
+
+    recipe = ToyPolicyRecipe(steps=3, layers=1, hidden=32, batch_size=8)
+    monkeypatch.setenv("SPANROUTE_CACHE", str(tmp_path))
+    path = toy_policy(recipe=recipe, progress=False)
+    assert path.parent == tmp_path and path.name == f"toy-policy-{recipe.key()}"
+    info = json.loads((path / "toy_policy.json").read_text())
+    assert info["recipe"]["steps"] == 3 and 0.0 <= info["sampled_accuracy"] <= 1.0
+    stamp = (path / "toy_policy.json").stat().st_mtime_ns
+    assert toy_policy(recipe=recipe, progress=False) == path
+    assert (path / "toy_policy.json").stat().st_mtime_ns == stamp  # cached: nothing rebuilt
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".toy-policy-build-")]
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    assert model.config.num_hidden_layers == 1 and tok.eos_token == "<|im_end|>"
