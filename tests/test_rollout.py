@@ -212,6 +212,9 @@ def test_cli_generate_writes_verified_rows(tmp_path, model_dir, tok, model):
     before = s.latest_version()
     assert _cli(*args[:-2]) == 0
     assert s.latest_version() == before
+    # another run (other G) into the same store adds its own groups next to these
+    assert _cli(*[a if a != "4" else "2" for a in args[:-2]], "--limit", "3") == 0
+    assert s.read().num_rows == 46
 
 
 def test_cli_reads_jsonl_parquet_and_datasets_with_mapping(tmp_path, model_dir):

@@ -62,12 +62,13 @@ def setup_prompts(prompts: Optional[str], toy: Optional[int], toy_seed: int, tok
     return records, source
 
 
-def stored_groups(store, n: int) -> set[str]:
-    """Group ids already complete in the store; a partial group (never written by this command,
-    which writes whole groups) is an error rather than something to silently top up."""
+def stored_groups(store, n: int, wanted: set[str]) -> set[str]:
+    """Which of this run's group ids are already complete in the store. A partial group (this
+    command always writes whole groups) is an error rather than something to silently top up;
+    other runs' groups are none of our business."""
     if store.latest_version() is None:
         return set()
-    counts = Counter(store.read(columns=["group_id"])["group_id"].to_pylist())
+    counts = Counter(g for g in store.read(columns=["group_id"])["group_id"].to_pylist() if g in wanted)
     partial = {g: c for g, c in counts.items() if c != n}
     if partial:
         g, c = next(iter(partial.items()))
@@ -152,7 +153,7 @@ def generate(
     samp = sampling_json(sampling, n=n, seed=seed, backend=gen.backend)
 
     store = Store(store_dir)
-    done = stored_groups(store, n)
+    done = stored_groups(store, n, {group_id_of(r.prompt_id, gen.model_name, samp) for r in records})
     # Batches are cut from the full prompt list, so a rerun sees the same batches and regenerates a
     # missing one exactly (batch composition never changes what a rollout is).
     per_batch = max(1, batch_size // n)
