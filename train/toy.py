@@ -5,7 +5,7 @@ runs on two CPU cores:
 
 - `make_problems` — multi-step integer arithmetic with one-step-per-line reference solutions,
   e.g. `Compute (17 + 25) * 3.` → `17 + 25 = 42\\n42 * 3 = 126\\nAnswer: 126`;
-- `build_tokenizer` — a byte-level BPE (vocab 512) trained with `tokenizers` on generated problems,
+- `build_tokenizer` — a byte-level BPE (297 entries: bytes, specials, merges) trained with `tokenizers`,
   with a ChatML template (`<|im_start|>` / `<|im_end|>`), returned as a `PreTrainedTokenizerFast`;
 - `tiny_model` — a random-init 2-layer Qwen2 (hidden 64) built in well under a second, for tests;
 - `toy_policy` — a 4-layer × 128 Qwen2 that the project SFTs itself on *noisy* references so that it
