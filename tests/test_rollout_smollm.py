@@ -54,3 +54,19 @@ def test_smollm2_rollouts_for_word_problems(smol, tmp_path):
     for row in sampled.to_pylist():  # the final EOS is a token, not text
         if row["response_token_ids"][-1] == tok.eos_token_id:
             assert row["response"] == tok.decode(row["response_token_ids"][:-1], skip_special_tokens=False)
+
+
+@pytest.mark.slow
+def test_cli_model_smollm2_shortcut(smol, tmp_path):
+    import json
+
+    from datastore import Store
+    from train.cli import main
+
+    src = tmp_path / "p.jsonl"
+    src.write_text("".join(json.dumps({"q": q, "a": a}) + "\n" for q, a in WORD_PROBLEMS[:1]))
+    assert main(["rollouts", "generate", "--model", "smollm2", "--prompts", str(src), "--map", "q=question",
+                 "--map", "a=reference", "--verifier", "last-int", "--store", str(tmp_path / "s"), "-n", "2",
+                 "--max-new-tokens", "8"]) == 0
+    table = Store(tmp_path / "s").read()
+    assert table.num_rows == 2 and set(table["model"].to_pylist()) == {"smollm2"}
