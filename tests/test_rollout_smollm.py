@@ -22,7 +22,7 @@ def smol():
     from train.smollm import smollm2
 
     before = torch.get_num_threads()
-    torch.set_num_threads(min(2, before))
+    torch.set_num_threads(1)  # a 135M model on CPU: one thread avoids OpenMP stalls on a busy box
     path = smollm2()
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
