@@ -70,6 +70,8 @@ class Summary:
     skipped: int = 0  # not sent because the cost budget was reached
     retries: int = 0
     rate_limited: int = 0
+    ratelimit_pauses: int = 0  # answers whose x-ratelimit-remaining-* was 0 (sending paused)
+    min_concurrency: int = 0  # the lowest the adaptive limit went (429s halve it)
     resent_after_crash: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -99,6 +101,7 @@ class _Limiter:
         self.active = 0
         self.pause_until = 0.0
         self._last_cut = -1e9
+        self.min_seen = max_limit
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
 
     async def acquire(self) -> None:
@@ -130,6 +133,7 @@ class _Limiter:
         self.pause_until = max(self.pause_until, now + pause_s)
         if cut and now - self._last_cut > 1.0:
             self.limit = max(1.0, self.limit / 2)
+            self.min_seen = min(self.min_seen, int(self.limit))
             self._last_cut = now
 
 
@@ -230,6 +234,7 @@ class _Run:
                 ok = True
                 pause = _ratelimit_pause_s(raw.headers)
                 if pause:
+                    self.summary.ratelimit_pauses += 1
                     limiter.slow_down(pause, cut=False)
                 return self._parse_ok(key, text, attempt)
             except openai.APIStatusError as e:
@@ -406,6 +411,7 @@ async def _run(bodies: list[dict], cfg: EngineConfig) -> tuple[dict[str, CallRec
         if progress is not None:
             progress.stop()
     run.summary.skipped = len(keyed) - len(run.records)
+    run.summary.min_concurrency = limiter.min_seen
     run.summary.elapsed_s = time.perf_counter() - t0
     return run.records, run.summary
 

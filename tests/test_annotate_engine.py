@@ -196,3 +196,16 @@ def test_client_errors_fail_the_row_at_once_with_the_reason(tmp_path):
     assert s.done == 1 and s.failed == 1 and s.retries == 0
     failed = [r for r in recs.values() if r.state == "failed"]
     assert failed[0].attempts == 1 and "HTTP 400" in failed[0].error
+
+
+def test_429s_shrink_concurrency_and_ratelimit_headers_pause_sending(tmp_path):
+    records = toy_records(60, seed=7)
+    faults = FaultPlan(p429=0.3, retry_after_s=0.01, ratelimit_every=5)
+    with ScriptedServer(responder=CONTENT, faults=faults) as srv:
+        ann = ApiAnnotator(_cfg(srv, tmp_path, concurrency=16), "scripted")
+        ann.annotate(records)
+        assert srv.answered_twice() == []
+    s = ann.summary
+    assert s.failed == 0 and s.done == s.requests
+    assert s.rate_limited > 0 and s.min_concurrency < 16  # AIMD cut on 429
+    assert s.ratelimit_pauses > 0  # x-ratelimit-remaining-requests: 0 was honoured
