@@ -183,7 +183,7 @@ def _ratelimit_pause_s(headers) -> float | None:
 
 # ---------------------------------------------------------------------------------------------
 class _Run:
-    """State of one engine run; the main flow is `run` below."""
+    """State of one engine run; the main flow is `_run` below."""
 
     def __init__(self, config: EngineConfig, journal: Journal, total: int, api_key: str):
         self.cfg = config
