@@ -310,6 +310,7 @@ class _Run:
     def start_progress(self):
         if not self.cfg.progress:
             return None
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._progress = Progress(
@@ -318,6 +319,7 @@ class _Run:
             TextColumn("{task.fields[tokens]}"), TextColumn("[green]{task.fields[cost]}"),
             TextColumn("[yellow]{task.fields[retries]}"), TextColumn("[red]{task.fields[failed]}"),
             TimeRemainingColumn(), refresh_per_second=4, transient=False,
+            console=Console(stderr=True),  # stdout stays for the command's result line
         )
         self._task = self._progress.add_task(self.cfg.label, total=self.summary.requests, rate="",
                                              tokens="0.0k tok", cost="$0.0000", retries="0 retries",
