@@ -14,7 +14,9 @@ through the official `openai.AsyncOpenAI` client on the aiohttp transport and re
   for Retry-After; each success adds 1/limit back (AIMD). ``x-ratelimit-remaining-requests|tokens``
   of 0 pauses sending until the matching ``x-ratelimit-reset-*``;
 - cost: usage tokens x `Price`; `max_cost_usd` stops dispatching new requests once the spend plus
-  the expected cost of those in flight reaches it, finishes those in flight, and returns cleanly
+  the expected cost of those in flight and of the next one would pass it (expected = the mean cost
+  so far; before any answer, an upper bound from the request's size and max_tokens), finishes
+  those in flight, and returns cleanly
   (the rest are ``skipped``; a rerun with a larger budget picks them up, cached answers are free).
 """
 
@@ -207,13 +209,19 @@ class _Run:
         return text
 
     # -- budget ---------------------------------------------------------------------------
-    def over_budget(self) -> bool:
+    def expected_cost(self, body_json: str, body: dict) -> float:
+        """What sending this request will probably cost: the mean cost of answers so far, or
+        before any answer an upper bound (prompt ~ chars/4 tokens, completion = max_tokens)."""
+        if self.summary.done:
+            return self.summary.cost_usd / self.summary.done
+        return self.cfg.price.cost(len(body_json) // 4, int(body.get("max_tokens") or 1024))
+
+    def over_budget(self, next_cost: float) -> bool:
+        """Would sending one more request let spend + expected cost in flight pass --max-cost?"""
         cap = self.cfg.max_cost_usd
         if cap is None:
             return False
-        n_done = max(1, self.summary.done)
-        expected = self.summary.cost_usd / n_done * (len(self.inflight_cost) + 1) if self.summary.done else 0.0
-        return self.summary.cost_usd + expected >= cap
+        return self.summary.cost_usd + sum(self.inflight_cost.values()) + next_cost > cap
 
     # -- one request ------------------------------------------------------------------------
     async def call(self, client, limiter: _Limiter, key: str, body_json: bytes) -> CallRecord:
@@ -377,15 +385,17 @@ async def _run(bodies: list[dict], cfg: EngineConfig) -> tuple[dict[str, CallRec
 
     async def worker(client) -> None:
         while (key := await queue.get()) is not None:
-            if run.stop or run.over_budget():
-                if not run.stop and cfg.max_cost_usd is not None:
+            body_json, body = keyed[key]
+            est = run.expected_cost(body_json, body) if cfg.max_cost_usd is not None else 0.0
+            if run.stop or run.over_budget(est):
+                if not run.stop:
                     run.stop = True
                     run.summary.stopped = "max-cost"
                 continue
             run.unsent.discard(key)
-            run.inflight_cost[key] = 0.0
+            run.inflight_cost[key] = est
             run.summary.sent += 1
-            run.finish(await run.call(client, limiter, key, keyed[key][0].encode()))
+            run.finish(await run.call(client, limiter, key, body_json.encode()))
 
     async def flusher() -> None:
         while True:
