@@ -387,6 +387,10 @@ async def _run(bodies: list[dict], cfg: EngineConfig) -> tuple[dict[str, CallRec
         while (key := await queue.get()) is not None:
             body_json, body = keyed[key]
             est = run.expected_cost(body_json, body) if cfg.max_cost_usd is not None else 0.0
+            while not run.stop and run.over_budget(est) and run.inflight_cost:
+                # Answers in flight will replace estimates with real costs: wait, then re-check.
+                await asyncio.sleep(0.01)
+                est = run.expected_cost(body_json, body)
             if run.stop or run.over_budget(est):
                 if not run.stop:
                     run.stop = True
