@@ -184,6 +184,7 @@ def rule_(store: Path = STORE, version: str = VERSION, limit: int = LIMIT) -> No
 @skills_app.command("extract")
 def extract_(store: Path = STORE, version: str = VERSION,
              engine: str = typer.Option("rule", "--engine", help="rule (toy world, free) | api | self."),
+             per: str = typer.Option("group", "--per", help="group: one skill per prompt group, from all its rollouts | rollout: one per rollout."),
              base_url: str = BASE_URL,
              model: str = typer.Option(None, "--model", help="Model for --engine api/self."),
              api_key_env: str = KEY_ENV, concurrency: int = CONC, timeout: float = TIMEOUT,
@@ -199,7 +200,7 @@ def extract_(store: Path = STORE, version: str = VERSION,
     from annotate.skills import ApiSkills, RuleSkills, SkillBank
 
     if engine == "rule":
-        ext = RuleSkills()
+        ext = RuleSkills(per)
         summary = None
     elif engine in ("api", "self"):
         if not model:
@@ -209,7 +210,8 @@ def extract_(store: Path = STORE, version: str = VERSION,
         cfg = _engine_config(store, base_url, api_key_env, concurrency, timeout, max_attempts, max_cost,
                              price_in, price_out, model, cache, progress, f"skills {engine}")
         ext = ApiSkills(ApiAnnotator(cfg, model, source=engine, prompt_dir=prompts,
-                                     params=RequestParams(max_tokens=max_tokens, response_format=response_format)))
+                                     params=RequestParams(max_tokens=max_tokens, response_format=response_format)),
+                        per=per)
         summary = None
     else:
         raise ValueError(f"--engine must be rule, api or self, not {engine!r}")
