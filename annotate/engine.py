@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import email.utils
 import hashlib
 import json
@@ -329,7 +330,7 @@ class _Run:
             TimeRemainingColumn(), refresh_per_second=4, transient=False,
             console=Console(stderr=True),  # stdout stays for the command's result line
         )
-        self._task = self._progress.add_task(self.cfg.label, total=self.summary.requests, rate="",
+        self._task = self._progress.add_task(self.cfg.label, total=self.summary.requests or None, rate="",
                                              tokens="0.0k tok", cost="$0.0000", retries="0 retries",
                                              failed="0 failed")
         self._progress.start()
@@ -341,45 +342,56 @@ def _short(text: str, n: int = 300) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-async def _run(bodies: list[dict], cfg: EngineConfig) -> tuple[dict[str, CallRecord], Summary]:
+async def _run(bodies: Iterable[dict], cfg: EngineConfig, total: int | None,
+               order: list[str]) -> tuple[dict[str, CallRecord], Summary]:
     import openai
     from openai import DefaultAioHttpClient
 
     t0 = time.perf_counter()
     journal = Journal(cfg.cache_path)
-    # Render and hash every request once; identical requests collapse to one call.
-    keyed: dict[str, tuple[str, dict]] = {}
-    for body in bodies:
-        body_json = canonical(body)
-        keyed.setdefault(request_key(body_json), (body_json, body))
     api_key = os.environ.get(cfg.api_key_env) or "none"  # local servers accept any key
-    run = _Run(cfg, journal, len(keyed), api_key)
+    run = _Run(cfg, journal, total or 0, api_key)
     crashed = journal.inflight()
-    cached = journal.lookup(list(keyed))
-    run.records.update(cached)
-    run.summary.cached = len(cached)
-    todo = [k for k in keyed if k not in cached]
-    run.summary.resent_after_crash = len(crashed.intersection(todo))
-
+    # key -> (canonical JSON, body); filled as bodies are rendered, so sending starts at once
+    keyed: dict[str, tuple[str, dict]] = {}
     progress = run.start_progress()
-    run.tick(len(cached))
     queue: asyncio.Queue = asyncio.Queue()
     limiter = _Limiter(cfg.concurrency)
 
     async def dispatcher() -> None:
-        # Journal each chunk as in flight (one commit) before it can be sent; keep the queue at
-        # about two chunks so sending starts at once and marks stay close to real sends.
+        # Per chunk: render + hash, serve cache hits, journal the misses as in flight (one commit)
+        # before any can be sent; keep about two chunks queued so marks stay close to real sends.
         chunk = max(8, cfg.concurrency)
-        for i in range(0, len(todo), chunk):
+        it = iter(bodies)
+        while True:
+            part_bodies = list(itertools.islice(it, chunk))
+            if not part_bodies:
+                break
+            fresh = []
+            for body in part_bodies:
+                body_json = canonical(body)
+                key = request_key(body_json)
+                order.append(key)
+                if key not in keyed:
+                    keyed[key] = (body_json, body)
+                    fresh.append(key)
+            hits = journal.lookup(fresh)
+            run.records.update(hits)
+            run.summary.cached += len(hits)
+            run.tick(len(hits))
+            todo = [k for k in fresh if k not in hits]
+            run.summary.resent_after_crash += len(crashed.intersection(todo))
+            if run.stop or not todo:
+                continue  # after a budget stop: keep hashing (for the counts), send nothing
             while queue.qsize() > chunk and not run.stop:
                 await asyncio.sleep(0.002)
-            if run.stop:
-                break
-            part = todo[i : i + chunk]
-            journal.mark_inflight([(k, keyed[k][0]) for k in part])
-            run.unsent.update(part)
-            for k in part:
+            journal.mark_inflight([(k, keyed[k][0]) for k in todo])
+            run.unsent.update(todo)
+            for k in todo:
                 queue.put_nowait(k)
+        run.summary.requests = len(keyed)
+        if progress is not None:
+            progress.update(run._task, total=len(keyed))
         for _ in range(cfg.concurrency):
             queue.put_nowait(None)
 
@@ -432,12 +444,17 @@ async def _run(bodies: list[dict], cfg: EngineConfig) -> tuple[dict[str, CallRec
     return run.records, run.summary
 
 
-def run_calls(bodies: Iterable[dict], config: EngineConfig) -> tuple[dict[str, CallRecord], Summary]:
+def run_calls(bodies: Iterable[dict], config: EngineConfig, total: int | None = None,
+              order: list[str] | None = None) -> tuple[dict[str, CallRecord], Summary]:
     """Send every distinct request body (or serve it from the cache); see the module docstring.
 
+    `bodies` may be a lazy iterable: requests are rendered, hashed and sent chunk by chunk, so the
+    first ones go out before the last are rendered (`total`, if known, sizes the progress bar).
     Returns ``(records, summary)`` where `records` maps `request_key(canonical(body))` to its
-    `CallRecord` (missing for requests skipped by the budget).
+    `CallRecord` (missing for requests skipped by the budget); `order`, if given, receives each
+    body's key in input order.
     """
+    order = [] if order is None else order
     try:  # uvloop cuts the event loop's own CPU per request; the client is CPU-bound at high rates
         import uvloop
 
@@ -445,4 +462,4 @@ def run_calls(bodies: Iterable[dict], config: EngineConfig) -> tuple[dict[str, C
     except ImportError:
         factory = None
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(_run(list(bodies), config))
+        return runner.run(_run(bodies, config, total, order))
