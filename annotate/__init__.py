@@ -14,7 +14,7 @@ _WHERE = {
     "EngineConfig": "annotate.engine", "Summary": "annotate.engine", "run_calls": "annotate.engine",
     "annotate_store": "annotate.job", "skills_store": "annotate.job",
     "PRICES": "annotate.pricing", "Price": "annotate.pricing", "price_for": "annotate.pricing",
-    "ERROR_TYPES": "annotate.prompts", "load_prompt": "annotate.prompts",
+    "ERROR_TYPES": "annotate.templates", "load_prompt": "annotate.templates",
     "Annotator": "annotate.protocol", "Provenance": "annotate.protocol", "RowResult": "annotate.protocol",
     "rule_annotate": "annotate.rule", "RuleAnnotator": "annotate.rule_annotator",
     "ApiSkills": "annotate.skills", "RuleSkills": "annotate.skills", "SkillBank": "annotate.skills",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from annotate.prompts import ERROR_TYPES
+from annotate.templates import ERROR_TYPES
 
 
 class GuidedJSON:

@@ -18,7 +18,7 @@ from annotate.api import ApiAnnotator, build_body, public_url
 from annotate.engine import request_key, run_calls
 from annotate.journal import canonical
 from annotate.parse import parse_json
-from annotate.prompts import load
+from annotate.templates import load
 from annotate.protocol import Provenance, RowResult
 from annotate.rule import STEP, rule_annotate
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from annotate.parse import map_answer, parse_json
-from annotate.prompts import ERROR_TYPES, load
+from annotate.templates import ERROR_TYPES, load
 from annotate.rule import rule_annotate
 from annotate.rule_annotator import RuleAnnotator
 from annotate.skills import RuleSkills, SkillBank, toy_workflow
