@@ -56,7 +56,8 @@ def run_job(store: Path, url: str, concurrency: int, executor) -> dict:
     wall = time.perf_counter() - t0
     summary = executor.summary if executor is not None else ann.summary.as_dict()
     sent = summary["sent"]
-    assert summary["done"] == sent and summary["cached"] == 0, summary  # identical rows share a request
+    # Identical rows share a request: a later batch may find it answered by another actor (cached).
+    assert summary["done"] == sent and summary["failed"] == 0, summary
     return {"rows": len(results), "requests": sent, "wall_s": round(wall, 2), "requests_per_s": round(sent / wall, 1)}
 
 

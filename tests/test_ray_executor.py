@@ -159,3 +159,19 @@ def test_rollouts_on_ray_hf_path_equals_local_generate_rollouts(tmp_path, ray_cl
     for r, l in zip(r_rows, l_rows, strict=True):
         assert max(abs(a - b) for a, b in zip(r.pop("response_logprobs"), l.pop("response_logprobs"), strict=True)) < 1e-4
         assert r == l
+
+
+def test_local_executor_is_the_plain_job_and_cli_refuses_an_address_without_ray(tmp_path, capsys):
+    """No Ray needed: `LocalExecutor` gives what `annotate_store` without an executor gives."""
+    from annotate.executor import LocalExecutor, make_executor
+    from annotate.rule_annotator import RuleAnnotator
+
+    make_store(tmp_path / "a", 24, seed=8)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    annotate_store(Store(tmp_path / "a"), RuleAnnotator())
+    annotate_store(Store(tmp_path / "b"), RuleAnnotator(), executor=LocalExecutor())
+    assert annotated(Store(tmp_path / "a")) == annotated(Store(tmp_path / "b"))
+    with pytest.raises(ValueError, match="--ray-address needs --executor ray"):
+        make_executor("local", "127.0.0.1:6379")
+    assert main(["annotate", "rule", "--store", str(tmp_path / "a"), "--executor", "spark"]) == 1
+    assert "--executor must be local or ray" in capsys.readouterr().err
