@@ -92,12 +92,13 @@ class _BatchWorker:
         records = batch.to_pylist()
         for r in records:
             r.pop("_group", None)
-        results = self.fn(records)
-        summary = _summary_of(self.fn)
+        results = self.fn(records) if records else []  # a filtered block can be empty
+        summary = _summary_of(self.fn) if records else None
         return pa.table({
             "_rec": pa.array([json.dumps(r, ensure_ascii=False) for r in records], pa.string()),
             "_res": pa.array([result_to_json(x) for x in results], pa.string()),
-            "_summary": pa.array([json.dumps(summary) if summary else None] + [None] * (len(records) - 1), pa.string()),
+            "_summary": pa.array(([json.dumps(summary) if summary else None] + [None] * (len(records) - 1))[: len(records)],
+                                 pa.string()),
         })
 
 
