@@ -34,8 +34,7 @@ from annotate.scripted_server import ScriptedServer, ToyOracle  # noqa: E402
 from train.cli import main  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ray_fixtures import PidReporting  # noqa: E402
-from test_annotate_store import annotated, api_args, make_store  # noqa: E402
+from ray_fixtures import PidReporting, annotated, api_args, make_store  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTENT = ToyOracle(p_malformed=0.04, p_out_of_range=0.04, p_bad_quote=0.04)
