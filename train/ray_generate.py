@@ -56,6 +56,21 @@ class _Replay:
         return [self.samples[p] for p in prompts]
 
 
+def sample_from_llm_row(row: dict, max_new_tokens: int) -> Sample:
+    """A `ray.data.llm` vLLM output row -> `Sample`. ``row["logprobs"][t]`` maps token id -> {logprob,
+    rank, decoded_token} for step t (ids as int keys, or str keys after an Arrow round trip, with
+    other ids' entries possibly null); the sampled id's log-prob (nats, raw distribution) is kept."""
+    ids = [int(t) for t in row["generated_tokens"]]
+    lps = []
+    for t, d in zip(ids, row["logprobs"] or [], strict=True):
+        entry = d.get(t) if t in d else d.get(str(t))
+        if entry is None:
+            raise ValueError(f"ray.data.llm row for prompt {row.get('prompt_id')}: no log-prob for sampled id {t}")
+        lps.append(float(entry["logprob"]))
+    finish = "length" if len(ids) >= max_new_tokens else "stop"
+    return Sample(row["generated_text"], ids, lps, finish)
+
+
 def rollouts_on_ray(prompts: Sequence[PromptRecord], *, checkpoint: str, model_name: str | None = None,
                     n: int, sampling: Sampling, seed: int, verifier: str = "toy-int", backend: str = "hf",
                     actors: int = 1, num_cpus: float = 1.0, num_gpus: float = 0.0, batch_size: int = 16,
@@ -102,15 +117,13 @@ def _vllm(ray, ds, prompts, checkpoint, model_name, n, sampling, seed, verifier,
                     sample_index=row["sample_index"])
 
     def post(row):
-        ids = [int(t) for t in row["generated_tokens"]]
-        lps = [float(d[str(t)]["logprob"] if str(t) in d else d[t]["logprob"]) for t, d in zip(ids, row["logprobs"])]
-        done = "length" if len(ids) >= sampling.max_new_tokens else "stop"
-        return dict(prompt_id=row["prompt_id"], sample_index=row["sample_index"], text=row["generated_text"],
-                    token_ids=ids, logprobs=lps, finish_reason=done)
+        s = sample_from_llm_row(row, sampling.max_new_tokens)
+        return dict(prompt_id=row["prompt_id"], sample_index=row["sample_index"], text=s.text,
+                    token_ids=s.token_ids, logprobs=s.logprobs, finish_reason=s.finish_reason)
 
     config = vLLMEngineProcessorConfig(model_source=checkpoint, batch_size=batch_size, concurrency=actors,
                                        engine_kwargs={"enable_prefix_caching": True}, chat_template_stage=False,
-                                       tokenize_stage=False, detokenize_stage=True)
+                                       tokenize_stage=False, detokenize_stage=False)  # vLLM already decodes
     processor = build_processor(config, preprocess=pre, postprocess=post)
     rows = processor(ds.flat_map(explode)).take_all()
     by_prompt: dict[str, list[Sample]] = {}
@@ -122,4 +135,4 @@ def _vllm(ray, ds, prompts, checkpoint, model_name, n, sampling, seed, verifier,
                              verifier=verifier)
 
 
-__all__ = ["rollouts_on_ray"]
+__all__ = ["rollouts_on_ray", "sample_from_llm_row"]
