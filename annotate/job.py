@@ -9,7 +9,7 @@ whose lineage names the annotator, the model, the prompt hash and the parent ver
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 
@@ -47,6 +47,33 @@ def checked(rec: dict, res: RowResult, max_fraction: float | None = 0.25) -> Row
     if not kept:
         return replace(res, spans=[], status="failed", error=error_msg)
     return replace(res, spans=kept, status="repaired", error=error_msg)
+
+
+@dataclass(frozen=True)
+class AnnotateBatch:
+    """The one per-batch function every executor runs: annotate, then validate each row's spans
+    (`checked`). Picklable, so Ray actors run exactly this."""
+
+    annotator: Annotator
+    check: bool = True
+
+    def __call__(self, records: list[dict]) -> list[RowResult]:
+        results = self.annotator.annotate(records)
+        return [checked(rec, res) for rec, res in zip(records, results)] if self.check else results
+
+
+def _map(store, annotator, limit, executor, *, version=None, check=True, group_key=None):
+    """(records, results) of `version`, through `executor` (None: read here and annotate in-process,
+    exactly as before executors existed)."""
+    if executor is None:
+        parent, records = read_records(store, version, limit)
+        return parent, records, AnnotateBatch(annotator, check)(records)
+    parent = store.latest_version() if version is None else store.resolve(version)
+    if parent is None:
+        raise ValueError(f"store {store.uri} is empty: import or generate rollouts first")
+    records, results = executor.map_rows(store, parent, READ_COLUMNS, AnnotateBatch(annotator, check),
+                                         limit=limit, group_key=group_key)
+    return parent, records, results
 
 
 def update_table(records: list[dict], results: list[RowResult], prov: Provenance,
@@ -91,11 +118,11 @@ def lineage_for(prov: Provenance, stage: str, parent: int, results: list[RowResu
 
 
 def annotate_store(store, annotator: Annotator, version=None, *, limit: int | None = None,
-                   extra: dict | None = None) -> tuple[int, list[RowResult]]:
+                   extra: dict | None = None, executor=None) -> tuple[int, list[RowResult]]:
     """Annotate every row of `version` (default latest) and write one new version. Returns
-    (new version, results)."""
-    parent, records = read_records(store, version, limit)
-    results = [checked(rec, res) for rec, res in zip(records, annotator.annotate(records))]
+    (new version, results). `executor` (annotate/executor.py) decides where batches run; the
+    commit below is the single committer either way."""
+    parent, records, results = _map(store, annotator, limit, executor, version=version)
     prov = annotator.provenance
     c = counts(results)
     message = (f"annotate {prov.annotator} on v{parent}: "
@@ -106,10 +133,11 @@ def annotate_store(store, annotator: Annotator, version=None, *, limit: int | No
 
 
 def skills_store(store, extractor: Annotator, version=None, *, limit: int | None = None,
-                 extra: dict | None = None) -> tuple[int, list[RowResult]]:
-    """Write the `skill` column of `version` as a new version (spans and evidence untouched)."""
-    parent, records = read_records(store, version, limit)
-    results = extractor.annotate(records)
+                 extra: dict | None = None, executor=None) -> tuple[int, list[RowResult]]:
+    """Write the `skill` column of `version` as a new version (spans and evidence untouched).
+    With an `executor`, each prompt group goes to one batch."""
+    parent, records, results = _map(store, extractor, limit, executor, check=False,
+                                    group_key="group_id", version=version)
     prov = extractor.provenance
     table = pa.table({
         "rollout_id": pa.array([r["rollout_id"] for r in records], pa.string()),
