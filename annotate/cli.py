@@ -154,8 +154,7 @@ def _api(store, version, base_url, model, key_env, concurrency, timeout, attempt
     ex = _executor(executor, ray_address, ray_actors, http=not in_process, progress=progress,
                    label=f"annotate {source}")
     v, results = annotate_store(st, ann, version, limit=limit, executor=None if executor == "local" else ex,
-                                extra={"run": ann.summary.as_dict() if ann.summary else {},
-                                       "executor": executor})
+                                extra={"executor": executor})
     _report(v, results, _summary_of(ann, ex))
 
 

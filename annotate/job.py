@@ -110,9 +110,12 @@ def counts(results: list[RowResult]) -> dict[str, int]:
 def lineage_for(prov: Provenance, stage: str, parent: int, results: list[RowResult], extra: dict | None = None):
     from datastore import Lineage
 
+    # parent_version arms the store's lost-update guard: if another writer changed these rows
+    # after we read `parent`, the update is refused instead of silently overwriting them.
     return Lineage(
         stage=stage, model=prov.model, annotator=prov.annotator, prompt_hash=prov.prompt_hash,
-        extra={"source": prov.source, "parent_version": parent, "rows": len(results),
+        parent_version=parent,
+        extra={"source": prov.source, "rows": len(results),
                "status_counts": counts(results), **prov.extra, **(extra or {})},
     )
 
@@ -127,8 +130,11 @@ def annotate_store(store, annotator: Annotator, version=None, *, limit: int | No
     c = counts(results)
     message = (f"annotate {prov.annotator} on v{parent}: "
                + ", ".join(f"{n} {k}" for k, n in sorted(c.items())))
+    # engine totals (usage, cost) once the job ran: merged over Ray batches, or the annotator's own
+    summary = getattr(executor, "summary", None) or getattr(annotator, "summary", None)
+    run = {"run": summary if isinstance(summary, dict) else summary.as_dict()} if summary else {}
     v = store.update(update_table(records, results, prov), message=message,
-                     lineage=lineage_for(prov, "annotate", parent, results, extra))
+                     lineage=lineage_for(prov, "annotate", parent, results, {**run, **(extra or {})}))
     return v, results
 
 

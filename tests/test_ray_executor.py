@@ -72,7 +72,8 @@ def test_local_and_ray_executors_write_identical_span_columns(tmp_path, ray_clus
     a, b = Store(tmp_path / "a"), Store(tmp_path / "b")
     assert annotated(a) == annotated(b)
     lin = b.versions()[-1].lineage
-    assert lin["extra"]["executor"] == "ray" and lin["extra"]["parent_version"] == 1
+    assert lin["extra"]["executor"] == "ray" and lin["parent_version"] == 1  # the version the job read
+    assert "sent" in lin["extra"]["run"]  # engine totals land in lineage after the job ran
     assert '"sent": ' in capsys.readouterr().out  # the merged engine summary is reported
 
 
