@@ -1,5 +1,45 @@
-"""Spans: the one place that knows what a span is (model, validation, segmentation, routes)."""
+"""Spans: the one place that knows what a span is.
 
-from spans.model import LABELS, SOURCES, SPAN_STRUCT, SPANS_TYPE, Span
+Offsets everywhere are Unicode code points of the response (Python ``str`` indices), end
+exclusive. Model (:class:`Span`, the Arrow ``SPAN_STRUCT``), validation with the overlap rule and
+TRACE cap, segmentation into numbered steps, quote location, per-token routes (0 none, 1 key,
+2 error), combining annotators' spans, agreement, and Label Studio's text rule.
+"""
 
-__all__ = ["LABELS", "SOURCES", "SPAN_STRUCT", "SPANS_TYPE", "Span"]
+from spans.agreement import AgreementScores, agreement, cohen_kappa
+from spans.errors import SpanError
+from spans.locate import Located, locate, locate_detail, normalize_with_map
+from spans.merge import merge_spans, select_spans
+from spans.model import (
+    CODE_LABELS,
+    LABEL_CODES,
+    LABELS,
+    SOURCES,
+    SPAN_STRUCT,
+    SPANS_TYPE,
+    Span,
+    as_span,
+    spans_from_arrow,
+    spans_to_arrow,
+)
+from spans.offsets import ls_text, ls_text_matches
+from spans.routes import (
+    routes_to_spans,
+    rowwise_searchsorted,
+    span_arrays,
+    token_routes,
+    token_routes_batch,
+    token_routes_flat,
+)
+from spans.segment import Segment, numbered, segment, spans_from_segments
+from spans.validate import RowResult, validate, validate_batch, validate_report
+
+__all__ = [
+    "AgreementScores", "CODE_LABELS", "LABELS", "LABEL_CODES", "Located", "RowResult", "SOURCES",
+    "SPANS_TYPE", "SPAN_STRUCT", "Segment", "Span", "SpanError", "agreement", "as_span",
+    "cohen_kappa", "locate", "locate_detail", "ls_text", "ls_text_matches", "merge_spans",
+    "normalize_with_map", "numbered", "routes_to_spans", "rowwise_searchsorted", "segment",
+    "select_spans", "span_arrays", "spans_from_arrow", "spans_from_segments", "spans_to_arrow",
+    "token_routes", "token_routes_batch", "token_routes_flat", "validate", "validate_batch",
+    "validate_report",
+]

@@ -51,3 +51,23 @@ class Span:
             annotator=d.get("annotator") or "",
             text=d["text"],
         )
+
+
+LABEL_CODES = {"key": 1, "error": 2}  # token route codes; 0 = no span (DESIGN §4)
+CODE_LABELS = {v: k for k, v in LABEL_CODES.items()}
+
+
+def as_span(span: "Span | dict") -> "Span":
+    """Accept a Span or a dict (an Arrow ``to_pylist`` row) and return a Span."""
+    return span if isinstance(span, Span) else Span.from_dict(span)
+
+
+def spans_to_arrow(rows: "list[list[Span | dict] | None]") -> pa.Array:
+    """Rows of spans -> a ``list<SPAN_STRUCT>`` array (the datastore's ``spans`` column); None stays null."""
+    py = [None if row is None else [as_span(s).to_dict() for s in row] for row in rows]
+    return pa.array(py, type=SPANS_TYPE)
+
+
+def spans_from_arrow(column: "pa.Array | pa.ChunkedArray") -> "list[list[Span]]":
+    """The inverse of :func:`spans_to_arrow`; a null row becomes ``[]``."""
+    return [[Span.from_dict(d) for d in (row or [])] for row in column.to_pylist()]

@@ -1,21 +1,139 @@
-"""`spanroute shards` commands. Not built yet: see issue #8."""
+"""`spanroute shards build`, `spanroute train` and `spanroute demo`.
+
+Heavy imports (torch, transformers, lance) happen inside the commands so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
-shards_app = typer.Typer(no_args_is_help=True)
+shards_app = typer.Typer(no_args_is_help=True, help="Turn a datastore version into span-tagged training shards.")
 
 
 @shards_app.command("build")
-def build_() -> None:
-    """Not built yet (issue #8)."""
-    raise RuntimeError("`spanroute shards build` is not built yet (issue #8)")
+def build_(
+    store: Path = typer.Option(..., "--store", help="Datastore directory (see `spanroute data`)."),
+    version: str = typer.Option(None, "--version", help="Version number or tag to read (default: latest). "
+                                "The manifest pins the resolved number."),
+    tokenizer: Path = typer.Option(..., "--tokenizer", help="Tokenizer folder (usually the policy's "
+                                   "save_pretrained folder); its files' sha256 goes in the manifest."),
+    out: Path = typer.Option(..., "--out", help="Output folder for shard-NNNNN.parquet + manifest.json."),
+    span_source: str = typer.Option("auto", "--span-source", help="Which annotator's spans become routes: "
+                                    "human | api | self | rule, or auto = per rollout the first present in "
+                                    "human > api > self > rule."),
+    template: list[str] = typer.Option(["reference", "error_type", "skill"], "--template",
+                                       help="Teacher prompt template(s) to tokenise (repeatable): reference "
+                                       "(the reference solution), error_type, skill."),
+    rows_per_shard: int = typer.Option(4096, "--rows-per-shard", help="Rows per Parquet file (whole groups)."),
+) -> None:
+    """Build shards: prompt ids, response ids, behaviour log-probs, reward, group id, a per-token
+    route (0 none, 1 key, 2 error) and teacher-prompt ids per template.
+
+    Deterministic (same version + tokenizer + options give byte-identical shards) and resumable
+    (rerun the same command after a kill: finished shards are kept).
+
+    Example: spanroute shards build --store runs/store --version 3 --tokenizer runs/policy --out runs/shards
+    """
+    from rich.progress import Progress
+
+    from train.shards import build_shards
+
+    v: int | str | None = int(version) if version is not None and version.isdigit() else version
+    with Progress() as bar:
+        task = bar.add_task("shards", total=None)
+        manifest = build_shards(store, v, tokenizer, out, span_source=span_source, templates=tuple(template),
+                                rows_per_shard=rows_per_shard,
+                                progress=lambda k, n: bar.update(task, completed=k, total=n))
+    typer.echo(f"{manifest['rows']} rollouts in {manifest['groups']} groups -> {len(manifest['shards'])} shard(s) "
+               f"in {out} (store v{manifest['source']['version']}, span tokens "
+               f"{manifest['span_token_fraction']:.1%}, routes by source {manifest['rows_by_span_source']})")
 
 
-def train() -> None:
-    """Not built yet (issue #8)."""
-    raise RuntimeError("`spanroute train` is not built yet (issue #8)")
+def train(
+    config: str = typer.Argument(None, help="YAML config (see train/configs/). Optional: defaults + overrides."),
+    overrides: list[str] = typer.Argument(None, help="section.field=value overrides, e.g. method.name=grpo optim.lr=3e-5"),
+    online: bool = typer.Option(False, "--online", help="Online rounds on the toy world: generate -> annotate "
+                                "(rule) -> skills -> store -> shards -> train --steps-per-round steps, repeated; "
+                                "each round is a datastore version. data.shards is not used."),
+    rounds: int = typer.Option(4, "--rounds", help="--online: number of rounds."),
+    prompts_per_round: int = typer.Option(32, "--prompts-per-round", help="--online: prompts sampled per round."),
+    group_size: int = typer.Option(8, "--group-size", help="--online: samples per prompt (G)."),
+    steps_per_round: int = typer.Option(4, "--steps-per-round", help="--online: optimizer steps per round."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar or config print."),
+) -> None:
+    """Train with TRACE, Skill-SD, GRPO or all-token OPD.
+
+    The config is a YAML file of sections model / data / method / optim / run (train/configs/ has
+    examples); overrides after it win. A run resumes from <run.out>/checkpoints when one is there.
+    Several devices: `torchrun --nproc_per_node N -m train.cli train CONFIG run.distributed=fsdp`.
+
+    Example: spanroute train train/configs/toy_trace.yaml optim.steps=20 run.out=runs/t1
+    """
+    import os
+
+    from train.config import load_config
+
+    items = list(overrides or [])
+    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
+        items.insert(0, config)
+        config = None
+    cfg = load_config(config, items)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    log = (lambda s: None) if quiet or not rank0 else (lambda s: typer.echo(s))
+    if online:
+        from train.online import OnlineConfig, online_rounds
+        from train.toy import make_problems
+
+        oc = OnlineConfig(rounds=rounds, prompts_per_round=prompts_per_round, group_size=group_size,
+                          steps_per_round=steps_per_round, seed=cfg.optim.seed)
+        cfg = _with_steps(cfg, rounds * steps_per_round)
+        res = online_rounds(cfg, oc, make_problems(rounds * prompts_per_round, seed=10_000 + cfg.optim.seed), log=log)
+        log(f"done: {len(res['rounds'])} rounds; last step {res['last']}")
+        return
+    from train.recipe import train as run
+
+    if quiet or not rank0:
+        res = run(cfg, log=log)
+    else:
+        from rich.progress import Progress
+
+        with Progress() as bar:
+            task = bar.add_task(cfg.method.name, total=cfg.optim.steps)
+            res = run(cfg, log=log, on_step=lambda m: bar.update(
+                task, completed=m["step"] + 1, description=f"{cfg.method.name} loss {m['loss']:+.3f} "
+                f"reward {m['reward']:.2f}"))
+    log(f"done: {res['steps']} steps -> {res['out']} (metrics.jsonl, curves.png, final/)")
 
 
-def demo() -> None:
-    """Not built yet (issue #8)."""
-    raise RuntimeError("`spanroute demo` is not built yet (issue #8)")
+def _with_steps(cfg, steps: int):
+    from train.config import replace
+
+    return replace(cfg, optim={"steps": steps})
+
+
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Output folder: summary.json, curves.png, the "
+                             "store, each method's run."),
+    quick: bool = typer.Option(False, "--quick", help="Plumbing check in seconds: a random tiny policy, one "
+                               "round, two steps per method (accuracies are meaningless)."),
+    policy: Path = typer.Option(None, "--policy", help="Start from this policy folder instead of the toy policy."),
+    rounds: int = typer.Option(None, "--rounds", help="Online rounds per method (default 12)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for problems, sampling and shuffling (same for both methods)."),
+) -> None:
+    """Run the whole flow on the embedded toy world and compare GRPO with TRACE.
+
+    Builds or loads the toy policy (its first build trains it for a few CPU minutes and is cached),
+    evaluates it on held-out problems, then for GRPO and TRACE from the same start with the same
+    seeds and budget runs online rounds (generate -> rule annotate -> rule skills -> store ->
+    shards -> train), evaluates both, prints a table and writes <out>/summary.json and a plot.
+    No GPU, API key or server needed.
+    """
+    from dataclasses import replace
+
+    from train.demo import QUICK, DemoConfig, run_demo
+
+    dc = QUICK if quick else DemoConfig()
+    dc = replace(dc, seed=seed, **({"rounds": rounds} if rounds else {}))
+    run_demo(out, dc, policy=str(policy) if policy else None, log=typer.echo)

@@ -1,0 +1,168 @@
+"""Reading rollouts from JSONL / Parquet / HF `datasets` directories, and writing exports.
+
+Import never guesses types: JSON values are converted straight to the store's declared Arrow types
+(a value that does not fit is refused with its file, line and column), Parquet/HF columns must have
+compatible declared types. A column mapping renames source columns (``{"src": "dst"}``) or drops
+them (``{"src": None}``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+
+from datastore.validate import DataError, Where, python_column
+
+FORMATS = ("hf", "parquet", "jsonl")
+
+
+def parse_mapping(pairs: list[str] | None) -> dict[str, str | None]:
+    """``["src=dst", "junk="]`` -> ``{"src": "dst", "junk": None}`` (empty dst drops the column)."""
+    out: dict[str, str | None] = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise ValueError(f"bad --map {p!r}: expected SRC=DST (or SRC= to drop a column)")
+        src, dst = p.split("=", 1)
+        if not src.strip():
+            raise ValueError(f"bad --map {p!r}: empty source column name")
+        out[src.strip()] = dst.strip() or None
+    return out
+
+
+def _apply_mapping(names: list[str], mapping: dict[str, str | None], source: str) -> dict[str, str | None]:
+    unknown = [s for s in mapping if s not in names]
+    if unknown:
+        raise DataError(f"{source}: --map names column(s) {unknown} that the source does not have")
+    return {n: mapping.get(n, n) if n in mapping else n for n in names}
+
+
+def read_jsonl(path: Path, schema: pa.Schema, mapping: dict[str, str | None]) -> tuple[pa.Table, Where]:
+    """One JSON object per line (blank lines skipped) -> a table of exactly ``schema``'s types for
+    the keys present. Malformed lines, non-objects and values of the wrong type are refused."""
+    rows: list[dict] = []
+    lines: list[int] = []
+    source = str(path)
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{source} line {n}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{source} line {n}: expected a JSON object, got {type(obj).__name__}")
+            rows.append(obj)
+            lines.append(n)
+    where = Where(source, lines)
+    if not rows:
+        raise DataError(f"{source}: no rows")
+    seen: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        for k in r:
+            seen.setdefault(k, i)
+    for k in mapping:
+        if k not in seen:
+            raise DataError(f"{source}: --map names column {k!r} that no line has")
+    renamed: dict[str, list] = {}
+    first_row: dict[str, int] = {}
+    for key, i in seen.items():
+        dst = mapping.get(key, key) if key in mapping else key
+        if dst is None:
+            continue
+        if dst not in schema.names:
+            raise DataError(
+                f"{where.row(i)}: unknown column {dst!r} (not in the rollout schema or the store; "
+                f"rename with --map {key}=NAME or drop with --map {key}=)"
+            )
+        if dst in renamed:
+            raise DataError(f"{source}: two source columns map to {dst!r}")
+        renamed[dst] = [r.get(key) for r in rows]
+        first_row[dst] = i
+    arrays, fields = [], []
+    for f in schema:
+        if f.name in renamed:
+            arrays.append(python_column(renamed[f.name], f, where))
+            fields.append(f)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields)), where
+
+
+def _rename(table: pa.Table, mapping: dict[str, str | None], source: str) -> pa.Table:
+    plan = _apply_mapping(table.column_names, mapping, source)
+    keep = [n for n in table.column_names if plan[n] is not None]
+    table = table.select(keep)
+    return table.rename_columns([plan[n] for n in keep])
+
+
+def read_source(src: str | Path, schema: pa.Schema, mapping: dict[str, str | None] | None = None) -> tuple[pa.Table, Where]:
+    """Read ``src`` (``.jsonl``/``.ndjson``/``.json`` lines, ``.parquet`` file or directory of them,
+    or an HF ``save_to_disk`` directory) and apply ``mapping``."""
+    path = Path(src)
+    mapping = mapping or {}
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    if path.is_file() and path.suffix in (".jsonl", ".ndjson", ".json"):
+        return read_jsonl(path, schema, mapping)
+    if path.suffix == ".parquet" or (path.is_dir() and any(path.glob("*.parquet"))):
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+        return _rename(table, mapping, str(path)), Where(str(path))
+    if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
+        import datasets
+
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            raise DataError(
+                f"{path}: an HF DatasetDict with splits {list(ds)}; import one split's directory, "
+                f"e.g. {path / next(iter(ds))}"
+            )
+        table = ds.data.table
+        if ds._indices is not None:  # a filtered/shuffled view: materialise the selected rows
+            table = ds.flatten_indices().data.table
+        return _rename(table, mapping, str(path)), Where(str(path))
+    raise DataError(
+        f"{path}: unknown source kind; expected a .jsonl/.parquet file, a directory of .parquet "
+        f"files, or an HF datasets save_to_disk directory"
+    )
+
+
+def _json_default(v):
+    if isinstance(v, (bytes, bytearray)):
+        return v.decode("utf-8", "replace")
+    return str(v)
+
+
+def export_table(table: pa.Table | None, to: Path, format: str, *, hf=None) -> Path:
+    """Write ``table`` (or the HF dataset ``hf``) to ``to`` atomically: a temporary sibling is
+    written then renamed, so a crash never leaves a half export under the final name."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}: choose one of {', '.join(FORMATS)}")
+    if to.exists():
+        raise FileExistsError(f"{to} already exists; remove it or choose another --to")
+    to.parent.mkdir(parents=True, exist_ok=True)
+    tmp = to.with_name(f".{to.name}.tmp-{os.getpid()}")
+    try:
+        if format == "hf":
+            hf.save_to_disk(str(tmp))
+        elif format == "parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, tmp)
+        else:
+            with open(tmp, "w", encoding="utf-8") as f:
+                for batch in table.to_batches(max_chunksize=4096):
+                    for row in batch.to_pylist():
+                        f.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+        os.replace(tmp, to)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+    return to

@@ -1,0 +1,379 @@
+"""Rollout generation: G samples per prompt with token ids and behaviour log-probs, verified.
+
+The flow of one batch, top to bottom (`generate_rollouts`):
+  prompts (rendered chat text) ──► Generator.generate(n=G, seeds) ──► verifier(response, reference)
+  ──► one Arrow row per sample in `datastore.schema.ROLLOUT_SCHEMA`.
+
+Two generators implement the `Generator` protocol and return the same `Sample`s:
+`HFGenerator` (transformers, CPU or GPU, here) and `VLLMGenerator` (`train/vllm_generator.py`,
+imported lazily).
+
+Conventions every backend keeps:
+- `Sample.token_ids` are the sampled ids, including the final EOS token when the model stopped by
+  itself (the policy chose to stop, so training sees that action); `Sample.text` is the decode of
+  those ids without that final EOS (special tokens elsewhere are kept, so text and ids agree).
+  A stop string stays in the text (and its tokens in the ids).
+- `Sample.logprobs` are the log-probabilities (nats) of the sampled ids under the policy's *raw*
+  distribution, softmax(logits) at temperature 1 — not under the temperature / top-k / top-p
+  filtered distribution that was sampled from. This is what importance ratios need.
+- Sampling is reproducible per rollout: sample j of a prompt with seed s depends only on
+  (s, j, prompt) — not on which other prompts shared its batch — so a resumed run regenerates
+  exactly what an uninterrupted run would have (`HFGenerator` samples with per-row Gumbel noise).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+import pyarrow as pa
+
+from datastore.schema import ROLLOUT_SCHEMA
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to sample. `temperature=0` means greedy; `top_k=0` and `top_p=1.0` mean no filtering;
+    `max_new_tokens` counts response tokens; generation also stops at EOS and at any `stop` string."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 128
+    stop: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stop"] = list(self.stop)
+        return d
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled response. `finish_reason` is `stop` (EOS or stop string) or `length`."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """One prompt to roll out. `prompt` is the rendered text the policy sees (chat template
+    applied); `messages` its chat form when there is one; `reference` the privileged answer or
+    solution the verifier compares against (never shown to the policy)."""
+
+    prompt_id: str
+    prompt: str
+    reference: str
+    messages: tuple[tuple[str, str], ...] | None = None
+    source: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+class Generator(Protocol):
+    """Anything that samples `n` responses for each prompt text.
+
+    `seeds[i]` fixes the randomness of prompt i: the same (prompt, seed, n, sampling) gives the
+    same samples whatever else is in the batch."""
+
+    model_name: str
+    backend: str
+
+    def generate(
+        self, prompts: Sequence[str], *, n: int, sampling: Sampling, seeds: Sequence[int]
+    ) -> list[list[Sample]]: ...
+
+
+def stable_hash(*parts: Any, length: int = 16) -> str:
+    """Hex sha256 of the parts joined unambiguously (JSON): stable across processes and machines."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()[:length]
+
+
+def sampling_json(sampling: Sampling, *, n: int, seed: int, backend: str) -> str:
+    """The `sampling` column: everything that determines the samples, as canonical JSON."""
+    return json.dumps({**sampling.to_dict(), "n": n, "seed": seed, "backend": backend}, sort_keys=True)
+
+
+def group_id_of(prompt_id: str, model: str, sampling: str) -> str:
+    """The group of G samples of one prompt in one generation setting (model + sampling JSON,
+    which includes the seed and backend). Resuming a run skips groups whose id is already stored."""
+    return stable_hash("group", prompt_id, model, sampling)
+
+
+def rollout_id_of(group_id: str, prompt_id: str, response: str, model: str, index: int) -> str:
+    """Stable content hash of (prompt_id, response, model, sample index) — and the group, so that
+    two runs with other seeds that happen to sample the same text never share an id."""
+    return stable_hash("rollout", group_id, prompt_id, response, model, index)
+
+
+def prompt_seed(seed: int, prompt_id: str) -> int:
+    """The per-prompt seed handed to generators (63-bit, from the run seed and the prompt id)."""
+    return int(stable_hash("seed", seed, prompt_id), 16) & ((1 << 63) - 1)
+
+
+def generate_rollouts(
+    generator: Generator,
+    prompts: Sequence[PromptRecord],
+    *,
+    n: int,
+    sampling: Sampling,
+    seed: int,
+    verifier: str = "toy-int",
+) -> pa.Table:
+    """Sample `n` responses per prompt, verify each against the prompt's reference, and return
+    `len(prompts) * n` rows in `ROLLOUT_SCHEMA` (annotation columns null)."""
+    from train.verify import get_verifier
+
+    verify = get_verifier(verifier)
+    samp = sampling_json(sampling, n=n, seed=seed, backend=generator.backend)
+    groups = generator.generate(
+        [p.prompt for p in prompts], n=n, sampling=sampling, seeds=[prompt_seed(seed, p.prompt_id) for p in prompts]
+    )
+    rows = []
+    for p, samples in zip(prompts, groups, strict=True):
+        if len(samples) != n:
+            raise RuntimeError(f"generator returned {len(samples)} samples for prompt {p.prompt_id}, expected {n}")
+        gid = group_id_of(p.prompt_id, generator.model_name, samp)
+        messages = [{"role": r, "content": c} for r, c in p.messages] if p.messages is not None else None
+        for j, s in enumerate(samples):
+            reward, correct = verify(s.text, p.reference)
+            rows.append(
+                {
+                    "rollout_id": rollout_id_of(gid, p.prompt_id, s.text, generator.model_name, j),
+                    "prompt_id": p.prompt_id,
+                    "group_id": gid,
+                    "prompt": p.prompt,
+                    "messages": messages,
+                    "response": s.text,
+                    "response_token_ids": s.token_ids,
+                    "response_logprobs": s.logprobs,
+                    "reward": reward,
+                    "correct": correct,
+                    "verifier": verifier,
+                    "reference": p.reference,
+                    "model": generator.model_name,
+                    "sampling": samp,
+                }
+            )
+    return pa.Table.from_pylist(rows, schema=ROLLOUT_SCHEMA)
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers backend
+
+
+def _row_seed(prompt_seed_: int, index: int) -> int:
+    return int(stable_hash("row", prompt_seed_, index), 16) & ((1 << 63) - 1)
+
+
+def _filter_top_k_top_p(z_BV, top_k: int, top_p: float):
+    import torch
+
+    if top_k and top_k < z_BV.shape[-1]:
+        kth = torch.topk(z_BV, top_k, dim=-1).values[:, -1:]
+        z_BV = z_BV.masked_fill(z_BV < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_z, order = torch.sort(z_BV, dim=-1, descending=True)
+        probs = torch.softmax(sorted_z, dim=-1)
+        # drop a token when the mass strictly before it already reaches top_p (the first stays)
+        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        z_BV = z_BV.masked_fill(drop, float("-inf"))
+    return z_BV
+
+
+class _SampleAndRecord:
+    """A logits processor that does the sampling itself and records raw log-probs.
+
+    HF `generate` runs greedy (`do_sample=False`) with this as its only processor: it receives the
+    raw float32 logits of each step, picks each row's token by Gumbel-max on the filtered,
+    temperature-scaled logits with that row's own torch.Generator (so rows are independent of
+    their batch), records log_softmax(raw logits)[token], and returns scores whose argmax is the
+    chosen token."""
+
+    def __init__(self, sampling: Sampling, generators: list):
+        self.sampling = sampling
+        self.generators = generators
+        self.logprobs_steps: list = []  # T tensors of [B]
+
+    def __call__(self, input_ids, scores_BV):
+        import torch
+
+        logp_BV = torch.log_softmax(scores_BV.float(), dim=-1)
+        if self.sampling.temperature == 0:
+            chosen_B = scores_BV.argmax(-1)
+        else:
+            z_BV = _filter_top_k_top_p(scores_BV.float() / self.sampling.temperature, self.sampling.top_k, self.sampling.top_p)
+            V = scores_BV.shape[-1]
+            u_BV = torch.stack([torch.rand(V, generator=g, device=g.device) for g in self.generators]).to(scores_BV.device)
+            gumbel_BV = -torch.log(-torch.log(u_BV.clamp(1e-20, 1.0 - 1e-7)))
+            chosen_B = (z_BV + gumbel_BV).argmax(-1)
+        self.logprobs_steps.append(logp_BV.gather(1, chosen_B[:, None]).squeeze(1))
+        out_BV = torch.full_like(scores_BV, float("-inf"))
+        return out_BV.scatter_(1, chosen_B[:, None], 0.0)
+
+
+class HFGenerator:
+    """transformers backend: batched, left-padded `generate` on CPU or GPU.
+
+    `batch_size` is rows (prompt × sample) per forward batch; prompts are grouped by length to
+    cut padding. Records follow the module conventions (raw log-probs, per-rollout seeds)."""
+
+    backend = "hf"
+
+    def __init__(self, model, tokenizer, *, model_name: str, batch_size: int = 64):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.batch_size = batch_size
+        eos = model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if tokenizer.eos_token_id is not None:
+            eos.append(tokenizer.eos_token_id)
+        self.eos_ids = sorted(set(eos))
+        if not self.eos_ids:
+            raise ValueError(f"model {model_name}: neither the tokenizer nor the generation config names an EOS token")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, model_name: str | None = None, device: str | None = None,
+                        dtype: str = "float32", batch_size: int = 64) -> "HFGenerator":
+        """Load a model + tokenizer folder. `device` defaults to cuda when available, else cpu."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
+        return cls(model, tok, model_name=model_name or str(path), batch_size=batch_size)
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def generate(self, prompts, *, n, sampling, seeds):
+        rows = [(i, j) for i in range(len(prompts)) for j in range(n)]
+        enc = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        rows.sort(key=lambda r: (len(enc[r[0]]), r))  # similar lengths together: less padding
+        out: list[list[Sample | None]] = [[None] * n for _ in prompts]
+        for start in range(0, len(rows), self.batch_size):
+            batch = rows[start : start + self.batch_size]
+            samples = self._generate_batch([enc[i] for i, _ in batch], [_row_seed(seeds[i], j) for i, j in batch], sampling)
+            for (i, j), s in zip(batch, samples):
+                out[i][j] = s
+        return out  # type: ignore[return-value]
+
+    def _generate_batch(self, prompt_ids: list[list[int]], row_seeds: list[int], sampling: Sampling) -> list[Sample]:
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        dev = self.device
+        P = max(len(x) for x in prompt_ids)
+        input_ids = torch.tensor([[self.pad_id] * (P - len(x)) + x for x in prompt_ids], device=dev)
+        attn = torch.tensor([[0] * (P - len(x)) + [1] * len(x) for x in prompt_ids], device=dev)
+        gen_dev = dev if dev.type == "cuda" else torch.device("cpu")
+        generators = [torch.Generator(device=gen_dev).manual_seed(s) for s in row_seeds]
+        proc = _SampleAndRecord(sampling, generators)
+        cfg = GenerationConfig(
+            do_sample=False,
+            max_new_tokens=sampling.max_new_tokens,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos_ids,
+            stop_strings=list(sampling.stop) or None,
+        )
+        with torch.no_grad():
+            seq = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attn,
+                generation_config=cfg,
+                logits_processor=LogitsProcessorList([proc]),
+                tokenizer=self.tokenizer if sampling.stop else None,
+            )
+        gen_BT = seq[:, P:].tolist()
+        logp_BT = torch.stack(proc.logprobs_steps, dim=1).tolist() if proc.logprobs_steps else [[] for _ in gen_BT]
+        return [self._finish(ids, lps, sampling) for ids, lps in zip(gen_BT, logp_BT)]
+
+    def _finish(self, ids: list[int], lps: list[float], sampling: Sampling) -> Sample:
+        """Cut one row where generation stopped (first EOS inclusive, or the token completing a stop
+        string) — later positions are padding — and decode it."""
+        cut, reason = len(ids), "length"
+        for t, tok in enumerate(ids):
+            if tok in self.eos_ids:
+                cut, reason = t + 1, "stop"
+                break
+        if sampling.stop:
+            k = _first_prefix_with_stop(self.tokenizer, ids[:cut], sampling.stop)
+            if k is not None and k < cut:
+                cut, reason = k, "stop"
+            elif k is not None:
+                reason = "stop"
+        ids, lps = ids[:cut], lps[:cut]
+        body = ids[:-1] if ids and ids[-1] in self.eos_ids else ids
+        text = self.tokenizer.decode(body, skip_special_tokens=False)
+        return Sample(text=text, token_ids=ids, logprobs=lps, finish_reason=reason)
+
+
+def _first_prefix_with_stop(tokenizer, ids: list[int], stop: Sequence[str]) -> int | None:
+    """The smallest k such that decode(ids[:k]) contains a stop string, or None (binary search:
+    containment is monotone in k)."""
+    def has(k: int) -> bool:
+        text = tokenizer.decode(ids[:k], skip_special_tokens=False)
+        return any(s in text for s in stop)
+
+    if not ids or not has(len(ids)):
+        return None
+    lo, hi = 1, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if has(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def teacher_forced_logprobs(model, tokenizer, prompt: str, token_ids: Sequence[int]) -> list[float]:
+    """log softmax(logits)[token] (nats, temperature 1) of each response token, from one plain
+    forward pass over prompt + response: the reference the generators' log-probs must match."""
+    import torch
+
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p_ids + list(token_ids)], device=next(model.parameters()).device)
+    with torch.no_grad():
+        logits_TV = model(input_ids=ids).logits[0, len(p_ids) - 1 : -1].float()  # [T, V]
+    lp = torch.log_softmax(logits_TV, -1).gather(1, ids[0, len(p_ids) :, None]).squeeze(1)
+    return lp.tolist()
+
+
+def logprob_max_abs_diff(model, tokenizer, table: pa.Table) -> float:
+    """Largest |stored − teacher-forced| log-prob over every token of every row (nats)."""
+    worst = 0.0
+    for prompt, ids, lps in zip(
+        table["prompt"].to_pylist(), table["response_token_ids"].to_pylist(), table["response_logprobs"].to_pylist()
+    ):
+        if not ids:
+            continue
+        ref = teacher_forced_logprobs(model, tokenizer, prompt, ids)
+        worst = max(worst, max(abs(a - b) for a, b in zip(ref, lps)))
+    return worst
+
+
+def toy_prompt_records(problems, tokenizer) -> list[PromptRecord]:
+    """Toy problems as prompt records: the chat-rendered question, the full reference solution."""
+    from train.toy import render_prompt, toy_messages
+
+    return [
+        PromptRecord(
+            prompt_id=p.prompt_id,
+            prompt=render_prompt(p.question, tokenizer),
+            reference=p.reference,
+            messages=tuple((m["role"], m["content"]) for m in toy_messages(p.question)),
+        )
+        for p in problems
+    ]
+
+
+VerifierFn = Callable[[str, str], "tuple[float, bool]"]

@@ -1,0 +1,376 @@
+"""Span-tagged training shards: a datastore version turned into token-level training rows.
+
+Build (``spanroute shards build``) reads one pinned datastore version and writes Parquet shards of
+whole GRPO groups plus a ``manifest.json`` that pins the source (store path, resolved version),
+the tokenizer (sha256 of its files), the span source, the teacher templates and every shard's
+sha256. One row per rollout (columns in ``SHARD_SCHEMA``):
+
+- ``prompt_ids``: the rendered prompt the policy saw, tokenised without added special tokens;
+- ``response_ids`` / ``old_logprobs``: the sampled tokens and their behaviour log-probs (nats);
+- ``reward``, ``correct``, ``group_id``;
+- ``route``: int8 per response token from ``spans.token_routes`` (0 none, 1 key, 2 error);
+- ``teacher_prompt_ids_<template>``: the privileged prompt for each teacher template (the teacher
+  scores ``teacher prompt + response_ids``; positions align on response tokens).
+
+Rows are sorted by (group_id, rollout_id), so the same version, tokenizer and options give
+byte-identical shards. A killed build resumes: finished shards (listed in ``progress.json``
+with the same build key) are kept, the rest are written again.
+
+Read: ``ShardReader(dir)`` loads the shards (memory-mapped) and ``BatchStream`` yields batches of
+``groups_per_step`` whole groups in a deterministic shuffled order (epoch e uses a permutation
+seeded by ``(seed, e)``); its ``state()`` is the data position a checkpoint stores, so a resumed
+run continues mid-epoch with exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SHARDS_FORMAT = 1
+SPAN_PRIORITY = ("human", "api", "self", "rule")  # `auto` routes on the first present on a row
+
+# Privileged teacher prompts: the question plus what the student never sees. `{question}` is the
+# last user message (or the whole rendered prompt when a rollout has no chat form).
+TEACHER_TEMPLATES: dict[str, str] = {
+    "reference": "{question}\n\nA correct solution, for your eyes only:\n{reference}\n\nNow solve it yourself.",
+    "error_type": "{question}\n\nA previous attempt failed with this kind of mistake: {error_type}. Avoid it.",
+    "skill": "{question}\n\nAdvice distilled from earlier attempts:\n{skill}",
+}
+_TEMPLATE_FIELDS = {"reference": "reference", "error_type": "error_type", "skill": "skill"}
+
+
+def _list(t: pa.DataType) -> pa.DataType:
+    return pa.list_(t)
+
+
+def shard_schema(templates: Iterable[str]) -> pa.Schema:
+    fields = [
+        pa.field("rollout_id", pa.string(), nullable=False),
+        pa.field("group_id", pa.string(), nullable=False),
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("prompt_ids", _list(pa.int32()), nullable=False),
+        pa.field("response_ids", _list(pa.int32()), nullable=False),
+        pa.field("old_logprobs", _list(pa.float32()), nullable=False),
+        pa.field("reward", pa.float32(), nullable=False),
+        pa.field("correct", pa.bool_(), nullable=False),
+        pa.field("route", _list(pa.int8()), nullable=False),
+        pa.field("span_source", pa.string()),
+    ]
+    fields += [pa.field(f"teacher_prompt_ids_{t}", _list(pa.int32()), nullable=False) for t in templates]
+    return pa.schema(fields, metadata={"spanroute.shards_format": str(SHARDS_FORMAT)})
+
+
+# ----------------------------------------------------------------------------------------- build
+
+
+def tokenizer_hash(tokenizer_dir: str | Path) -> str:
+    """sha256 over the tokenizer's files (names and bytes), so a manifest pins the exact vocabulary."""
+    h = hashlib.sha256()
+    d = Path(tokenizer_dir)
+    names = sorted(p.name for p in d.iterdir() if p.is_file() and (p.name.startswith("tokenizer")
+                   or p.name in ("vocab.json", "merges.txt", "special_tokens_map.json", "chat_template.jinja")))
+    if not names:
+        raise FileNotFoundError(f"no tokenizer files in {d}")
+    for name in names:
+        h.update(name.encode() + b"\0" + (d / name).read_bytes())
+    return h.hexdigest()
+
+
+def response_offsets(tokenizer: Any, response: str, ids: list[int]) -> np.ndarray:
+    """Code-point offsets ``[T, 2]`` of each sampled token inside `response`.
+
+    Fast path: re-tokenise the text with offsets and use them when the ids agree, allowing
+    trailing special tokens (the final EOS is in the ids but not in the text) which get the empty
+    range at the end. Otherwise (a sampled segmentation the tokenizer would not produce) decode
+    prefixes: token t covers ``[len(decode(ids[:t])), len(decode(ids[:t+1])))``; a token ending
+    inside a multi-byte character gets an empty range and the next one covers the character.
+    """
+    enc = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
+    n = len(enc["input_ids"])
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    if list(enc["input_ids"]) == list(ids[:n]) and all(i in special for i in ids[n:]):
+        out = np.full((len(ids), 2), len(response), dtype=np.int64)
+        if n:
+            out[:n] = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+        return out
+    out = np.zeros((len(ids), 2), dtype=np.int64)
+    prev = 0
+    for t in range(len(ids)):
+        text = tokenizer.decode(ids[: t + 1], skip_special_tokens=False)
+        k = len(text)
+        if text.endswith("\ufffd") and response[:k] != text:  # an unfinished UTF-8 sequence
+            k = len(text.rstrip("\ufffd"))
+        k = min(max(k, prev), len(response))
+        out[t] = (prev, k)
+        prev = k
+    return out
+
+
+def choose_spans(spans: list[dict] | None, span_source: str) -> tuple[list[dict], str | None]:
+    """The spans one row routes on: those of `span_source`, or under ``auto`` of the first source
+    present in human > api > self > rule. Returns (spans, source used or None)."""
+    spans = spans or []
+    if span_source == "auto":
+        present = {s["source"] for s in spans}
+        for src in SPAN_PRIORITY:
+            if src in present:
+                return [s for s in spans if s["source"] == src], src
+        return [], None
+    chosen = [s for s in spans if s["source"] == span_source]
+    return chosen, (span_source if chosen else None)
+
+
+def _question(row: dict) -> str:
+    msgs = row.get("messages") or []
+    users = [m["content"] for m in msgs if m.get("role") == "user"]
+    return users[-1] if users else row["prompt"]
+
+
+def _skill_text(skill: str | None) -> str:
+    if not skill:
+        return ""
+    try:
+        d = json.loads(skill)
+    except (TypeError, ValueError):
+        return str(skill)
+    if isinstance(d, dict):
+        return "\n".join(f"{k.replace('_', ' ')}: {v}" for k, v in d.items() if v)
+    return str(d)
+
+
+def teacher_prompt_text(tokenizer: Any, row: dict, template: str) -> str:
+    """The rendered privileged prompt of `row` under `template`.
+
+    A row lacking the template's field (no `error_type` on a correct rollout, no skill yet) gets
+    the student's own prompt: on that row the teacher is the student.
+    """
+    field = _TEMPLATE_FIELDS[template]
+    value = row.get(field)
+    if template == "skill":
+        value = _skill_text(value)
+    if not value:
+        return row["prompt"]
+    question = _question(row)
+    privileged = TEACHER_TEMPLATES[template].format(question=question, **{field: value})
+    msgs = row.get("messages") or []
+    if msgs and getattr(tokenizer, "chat_template", None):
+        last_user = max(i for i, m in enumerate(msgs) if m.get("role") == "user") if any(
+            m.get("role") == "user" for m in msgs) else None
+        if last_user is not None:
+            msgs = [dict(m) for m in msgs]
+            msgs[last_user]["content"] = privileged
+            return tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    if question in row["prompt"]:
+        return row["prompt"].replace(question, privileged, 1)
+    return privileged + "\n\n" + row["prompt"]
+
+
+def _tokenize(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def rows_to_shard(table: pa.Table, tokenizer: Any, *, span_source: str = "auto",
+                  templates: tuple[str, ...] = ("reference",)) -> pa.Table:
+    """Convert rollout rows (ROLLOUT_SCHEMA columns) into shard rows; pure, row order kept."""
+    try:  # the spans package owns the char -> token rule
+        from spans import token_routes
+    except ImportError:
+        from spans.routes import token_routes
+
+    out: dict[str, list] = {f.name: [] for f in shard_schema(templates)}
+    for i, row in enumerate(table.to_pylist()):
+        where = f"rollout {row['rollout_id']}"
+        ids = row.get("response_token_ids")
+        lps = row.get("response_logprobs")
+        if ids is None or lps is None:
+            raise ValueError(f"{where}: response_token_ids/response_logprobs are missing; shards need the "
+                             "sampled tokens and their behaviour log-probs")
+        if len(ids) != len(lps):
+            raise ValueError(f"{where}: {len(ids)} response_token_ids but {len(lps)} response_logprobs")
+        if row.get("reward") is None:
+            raise ValueError(f"{where}: reward is null (verify the rollouts first)")
+        spans, used = choose_spans(row.get("spans"), span_source)
+        offsets = response_offsets(tokenizer, row["response"], ids)
+        route = np.asarray(token_routes(spans, offsets, len(ids)), dtype=np.int8) if spans else \
+            np.zeros(len(ids), dtype=np.int8)
+        out["rollout_id"].append(row["rollout_id"])
+        out["group_id"].append(row["group_id"])
+        out["prompt_id"].append(row["prompt_id"])
+        out["prompt_ids"].append(_tokenize(tokenizer, row["prompt"]))
+        out["response_ids"].append(list(ids))
+        out["old_logprobs"].append(list(lps))
+        out["reward"].append(float(row["reward"]))
+        out["correct"].append(bool(row.get("correct")) if row.get("correct") is not None else float(row["reward"]) > 0)
+        out["route"].append(route.tolist())
+        out["span_source"].append(used)
+        for t in templates:
+            out[f"teacher_prompt_ids_{t}"].append(_tokenize(tokenizer, teacher_prompt_text(tokenizer, row, t)))
+    return pa.table(out, schema=shard_schema(templates))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _group_chunks(group_ids: list[str], rows_per_shard: int) -> list[list[int]]:
+    """Row indices per shard: whole groups, about `rows_per_shard` rows each."""
+    chunks: list[list[int]] = []
+    cur: list[int] = []
+    for i, g in enumerate(group_ids):
+        if cur and g != group_ids[i - 1] and len(cur) >= rows_per_shard:
+            chunks.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
+def build_shards_from_table(table: pa.Table, tokenizer_dir: str | Path, out: str | Path, *,
+                            source: dict[str, Any], span_source: str = "auto",
+                            templates: tuple[str, ...] = ("reference",), rows_per_shard: int = 4096,
+                            progress: Any = None) -> dict[str, Any]:
+    """Write shards of `table` into `out`; returns the manifest. See the module docstring.
+
+    `source` is recorded in the manifest (e.g. ``{"store": path, "version": 3}``).
+    """
+    from transformers import AutoTokenizer
+
+    for t in templates:
+        if t not in TEACHER_TEMPLATES:
+            raise ValueError(f"unknown teacher template {t!r}; known: {', '.join(TEACHER_TEMPLATES)}")
+    if span_source != "auto" and span_source not in SPAN_PRIORITY:
+        raise ValueError(f"--span-source must be auto or one of {', '.join(SPAN_PRIORITY)}, got {span_source!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok_hash = tokenizer_hash(tokenizer_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    table = table.sort_by([("group_id", "ascending"), ("rollout_id", "ascending")])
+    key_doc = {"format": SHARDS_FORMAT, "source": source, "tokenizer_sha256": tok_hash,
+               "span_source": span_source, "templates": list(templates), "rows_per_shard": rows_per_shard,
+               "rows": table.num_rows}
+    build_key = hashlib.sha256(json.dumps(key_doc, sort_keys=True, default=str).encode()).hexdigest()
+    manifest_path = out / "manifest.json"
+    progress_path = out / "progress.json"
+    for p in (manifest_path, progress_path):
+        if p.exists():
+            old = json.loads(p.read_text())
+            if old.get("build_key") != build_key:
+                raise ValueError(f"{out} already holds shards of another build ({p.name} differs in source, "
+                                 "tokenizer or options); choose a new --out or delete it")
+    if manifest_path.exists():
+        return json.loads(manifest_path.read_text())
+    done: dict[str, dict] = json.loads(progress_path.read_text())["shards"] if progress_path.exists() else {}
+
+    chunks = _group_chunks(table.column("group_id").to_pylist(), rows_per_shard)
+    shards: list[dict] = []
+    sources: dict[str, int] = {}
+    span_tokens = total_tokens = 0
+    for k, idx in enumerate(chunks):
+        name = f"shard-{k:05d}.parquet"
+        path = out / name
+        if name in done and path.exists() and _sha256(path) == done[name]["sha256"]:
+            shard = pq.read_table(path)
+        else:
+            shard = rows_to_shard(table.take(idx), tokenizer, span_source=span_source, templates=templates)
+            tmp = out / (name + ".tmp")
+            pq.write_table(shard, tmp, compression="zstd")
+            os.replace(tmp, path)
+            done[name] = {"file": name, "rows": shard.num_rows, "sha256": _sha256(path)}
+            progress_path.write_text(json.dumps({"build_key": build_key, "shards": done}, indent=1))
+        shards.append(done[name])
+        for s in shard.column("span_source").to_pylist():
+            sources[str(s)] = sources.get(str(s), 0) + 1
+        routes = shard.column("route").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        span_tokens += int((routes > 0).sum())
+        total_tokens += int(routes.size)
+        if progress is not None:
+            progress(k + 1, len(chunks))
+    manifest = {**key_doc, "build_key": build_key, "shards": shards, "groups": len(set(table.column("group_id").to_pylist())),
+                "rows_by_span_source": sources, "response_tokens": total_tokens,
+                "span_token_fraction": span_tokens / max(total_tokens, 1)}
+    manifest_path.write_text(json.dumps(manifest, indent=1, default=str))
+    progress_path.unlink(missing_ok=True)
+    return manifest
+
+
+def build_shards(store: str | Path, version: int | str | None, tokenizer_dir: str | Path, out: str | Path,
+                 **kwargs: Any) -> dict[str, Any]:
+    """Read `version` (number, tag, or None for latest) of the datastore at `store` and build shards."""
+    from datastore import Store
+
+    st = Store(str(store))
+    v = st.resolve(version) if version is not None else st.latest_version()
+    if v is None:
+        raise ValueError(f"store {store} holds no versions yet")
+    table = st.read(version=v)
+    return build_shards_from_table(table, tokenizer_dir, out, source={"store": str(Path(store).resolve()),
+                                   "version": int(v), "tag": version if isinstance(version, str) else None}, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ read
+
+
+class ShardReader:
+    """All rows of a shard folder, with the row indices of each group in first-seen order."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        mpath = self.path / "manifest.json"
+        if not mpath.exists():
+            raise FileNotFoundError(f"{self.path} has no manifest.json (an unfinished or missing shard build)")
+        self.manifest = json.loads(mpath.read_text())
+        tables = [pq.read_table(self.path / s["file"], memory_map=True) for s in self.manifest["shards"]]
+        if not tables:
+            raise ValueError(f"{self.path}: the manifest lists no shards")
+        self.table = pa.concat_tables(tables)
+        groups: dict[str, list[int]] = {}
+        for i, g in enumerate(self.table.column("group_id").to_pylist()):
+            groups.setdefault(g, []).append(i)
+        self.group_rows: list[list[int]] = list(groups.values())
+        self.templates: list[str] = list(self.manifest.get("templates", []))
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.group_rows)
+
+
+@dataclass
+class BatchStream:
+    """Deterministic shuffled batches of whole groups; `state()` is the resumable data position."""
+
+    reader: ShardReader
+    groups_per_step: int
+    seed: int = 0
+    epoch: int = 0
+    position: int = 0  # groups already consumed in this epoch
+
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.reader.num_groups)
+
+    def next(self) -> pa.Table:
+        """The next batch (rows of `groups_per_step` groups); wraps into the next epoch."""
+        if self.groups_per_step > self.reader.num_groups:
+            raise ValueError(f"groups_per_step={self.groups_per_step} exceeds the {self.reader.num_groups} "
+                             f"groups in {self.reader.path}")
+        if self.position + self.groups_per_step > self.reader.num_groups:
+            self.epoch, self.position = self.epoch + 1, 0  # drop the ragged tail: every batch is full
+        order = self._order(self.epoch)[self.position: self.position + self.groups_per_step]
+        self.position += self.groups_per_step
+        rows = [i for g in order for i in self.reader.group_rows[g]]
+        return self.reader.table.take(rows)
+
+    def state(self) -> dict[str, int]:
+        return {"seed": self.seed, "epoch": self.epoch, "position": self.position}
+
+    def load_state(self, state: dict[str, int]) -> None:
+        self.seed, self.epoch, self.position = int(state["seed"]), int(state["epoch"]), int(state["position"])
