@@ -1,0 +1,121 @@
+"""Fixtures for the Label Studio tests: one real server per test session, stores with machine spans.
+
+The server comes from annotate/ls_server.py — the same code as `spanroute ls serve`: its own venv
+and a migrated data-dir template, cached under $SPANROUTE_CACHE/labelstudio (first session ~2.5
+min, later ones seconds). If it cannot be installed or started the tests FAIL with the reason;
+they are never skipped, so CI cannot pass without having exercised the real server.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from spans import SPANS_TYPE, Span
+
+# A response with an emoji (ZWJ sequence: several code points, one symbol), '𝑥' (outside the BMP),
+# CRLF line breaks and a plain-ASCII tail.
+UNICODE_RESPONSE = "Let 𝑥 = 17 + 25 = 42 👩‍💻\r\n𝑥 * 3 = 127\r\nAnswer: 127"
+
+
+@pytest.fixture(scope="session")
+def ls_server():
+    """A running Label Studio (LSServer: url, token, username, password); stopped at session end."""
+    from annotate import ls_server as srv
+
+    try:
+        server = srv.start(log=lambda m: print(f"[labelstudio] {m}", flush=True))
+    except Exception as e:  # noqa: BLE001 - turn any install/start problem into a clear failure
+        pytest.fail(f"could not install/start a real Label Studio for the labelstudio tests: {e}", pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ls_client(ls_server):
+    from annotate.labelstudio import connect
+
+    return connect(ls_server.url, ls_server.token)
+
+
+_titles = itertools.count()
+
+
+@pytest.fixture
+def ls_project(ls_client, request):
+    """A fresh project (its own title) for one test."""
+    from annotate.labelstudio import ensure_project
+
+    return ensure_project(ls_client, f"t{next(_titles)} {request.node.name}"[:50])
+
+
+def rollout_rows(n: int, *, unicode_first: bool = True) -> list[dict]:
+    """`n` rollouts with rule spans (and, on the first, the non-ASCII response)."""
+    rows = []
+    for i in range(n):
+        if i == 0 and unicode_first:
+            resp = UNICODE_RESPONSE
+        else:
+            a, b = 10 + i, 3 + i
+            resp = f"{a} + {b} = {a + b}\n{a + b} * 2 = {2 * (a + b) + (i % 2)}\nAnswer: {2 * (a + b) + (i % 2)}"
+        correct = i % 2 == 0 if i else False
+        first = resp.split("\n")[0].rstrip("\r")
+        spans = [Span(0, len(first), "key", "rule", "rule", first)]
+        if not correct:
+            j = resp.index("\n") + 1
+            k = resp.index("\n", j)
+            line = resp[j:k].rstrip("\r")
+            spans.append(Span(j, j + len(line), "error", "rule", "rule", line))
+        rows.append({
+            "rollout_id": f"r{i:04d}", "prompt_id": f"p{i // 2}", "group_id": f"g{i // 2}",
+            "prompt": f"Compute problem {i}.", "response": resp, "correct": correct,
+            "reference": "the reference solution", "model": "toy",
+            "spans": [s.to_dict() for s in spans],
+        })
+    return rows
+
+
+def make_store(path: Path, n: int = 6):
+    """A store at `path` with `n` rule-annotated rollouts in version 1."""
+    from datastore import Lineage, Store
+    from datastore.schema import ROLLOUT_SCHEMA
+
+    rows = rollout_rows(n)
+    cols = {k: [r[k] for r in rows] for k in rows[0]}
+    table = pa.table({k: pa.array(v, ROLLOUT_SCHEMA.field(k).type if k != "spans" else SPANS_TYPE)
+                      for k, v in cols.items()})
+    store = Store(path)
+    store.write(table, message="test rollouts", lineage=Lineage(stage="annotate", annotator="rule",
+                                                                   prompt_hash="rulehash01"))
+    return store
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of Debian's headless-capable chromium; installed with apt-get when missing (root)."""
+    for name in ("chromium", "chromium-browser"):
+        if p := shutil.which(name):
+            return p
+    try:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True, timeout=300)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"],
+                       check=True, capture_output=True, timeout=600,
+                       env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, FileNotFoundError) as e:
+        detail = getattr(e, "stderr", b"") or b""
+        pytest.fail(f"Debian's chromium is missing and `apt-get install chromium` failed (needs root and "
+                    f"the Debian mirror): {e} {detail.decode(errors='replace')[-300:]}", pytrace=False)
+    p = shutil.which("chromium")
+    if not p:
+        pytest.fail("apt-get installed chromium but no `chromium` is on PATH", pytrace=False)
+    return p
+
+
+def tmp_profile() -> str:
+    return tempfile.mkdtemp(prefix="chromium-profile-")
