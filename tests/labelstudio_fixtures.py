@@ -8,10 +8,18 @@ they are never skipped, so CI cannot pass without having exercised the real serv
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
 import itertools
+import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import pyarrow as pa
@@ -117,5 +125,85 @@ def chromium() -> str:
     return p
 
 
-def tmp_profile() -> str:
-    return tempfile.mkdtemp(prefix="chromium-profile-")
+class CDPPage:
+    """One headless Debian-chromium page driven over the DevTools protocol (aiohttp websocket).
+
+    Flags from DESIGN §9; `--remote-debugging-port=0` + the profile's DevToolsActivePort file give
+    a free port without races. `close()` kills the browser's process group.
+    """
+
+    def __init__(self, chromium: str):
+        self.profile = tempfile.mkdtemp(prefix="chromium-profile-")
+        self.proc = subprocess.Popen(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--remote-debugging-port=0", "--window-size=1400,1000", f"--user-data-dir={self.profile}",
+             "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        marker = os.path.join(self.profile, "DevToolsActivePort")
+        deadline = time.monotonic() + 60
+        while not (os.path.exists(marker) and open(marker).read().count("\n") >= 1):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.close()
+                raise RuntimeError(f"chromium did not open its DevTools port (exit {self.proc.returncode})")
+            time.sleep(0.1)
+        port = int(open(marker).read().split()[0])
+        pages = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list"))
+        self.ws_url = [p for p in pages if p["type"] == "page"][0]["webSocketDebuggerUrl"]
+        self.loop = asyncio.new_event_loop()
+        self.loop.run_until_complete(self._connect())
+        self.n = 0
+
+    async def _connect(self):
+        import aiohttp
+
+        self.session = aiohttp.ClientSession()
+        self.ws = await self.session.ws_connect(self.ws_url, max_msg_size=0)
+
+    async def _send(self, method, params):
+        self.n += 1
+        mid = self.n
+        await self.ws.send_str(json.dumps({"id": mid, "method": method, "params": params}))
+        while True:  # events interleave with replies: wait for ours
+            msg = json.loads((await self.ws.receive()).data)
+            if msg.get("id") == mid:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg["result"]
+
+    def send(self, method: str, **params):
+        return self.loop.run_until_complete(asyncio.wait_for(self._send(method, params), 60))
+
+    def eval(self, expr: str):
+        r = self.send("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in r:
+            raise RuntimeError(str(r["exceptionDetails"])[:500])
+        return r["result"].get("value")
+
+    def goto(self, url: str) -> None:
+        self.send("Page.navigate", url=url)
+
+    def wait(self, expr: str, timeout: float = 90):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                if v := self.eval(expr):
+                    return v
+            except RuntimeError:
+                pass  # page navigating: the context went away
+            time.sleep(0.25)
+        raise TimeoutError(f"page never satisfied: {expr}")
+
+    def screenshot(self, path: Path) -> None:
+        Path(path).write_bytes(base64.b64decode(self.send("Page.captureScreenshot")["data"]))
+
+    def close(self) -> None:
+        if getattr(self, "loop", None) is not None:
+            with contextlib.suppress(Exception):
+                self.loop.run_until_complete(self.ws.close())
+                self.loop.run_until_complete(self.session.close())
+            self.loop.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        shutil.rmtree(self.profile, ignore_errors=True)
