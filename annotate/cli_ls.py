@@ -59,6 +59,7 @@ def serve_(
     """
     import os
     import secrets
+    import signal
 
     from annotate import ls_server
 
@@ -81,13 +82,19 @@ def serve_(
         pw_path.write_text(secrets.token_urlsafe(12) + "\n")
         pw_path.chmod(0o600)
     password = pw_path.read_text().strip()
+    def _interrupt(signum, frame):  # SIGTERM/SIGHUP stop the server like Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     server = ls_server.start(data_dir or cache / "data", token=token, password=password, port=port,
                              log=lambda m: console.print(f"[dim]{m}[/]"))
     try:
-        console.print(f"Label Studio {ls_server.LS_VERSION} at [bold]{server.url}[/]")
-        console.print(f"login: {server.username} / {password}")
-        console.print(f"export SPANROUTE_LS_URL={server.url} SPANROUTE_LS_TOKEN={token}")
-        console.print("Ctrl-C stops it.")
+        # plain echo: these lines are copied and pasted, so rich must not wrap them
+        typer.echo(f"Label Studio {ls_server.LS_VERSION} at {server.url}")
+        typer.echo(f"login: {server.username} / {password}")
+        typer.echo(f"export SPANROUTE_LS_URL={server.url} SPANROUTE_LS_TOKEN={token}")
+        typer.echo("Ctrl-C stops it.", err=True)
         while server.alive():
             time.sleep(1)
         raise RuntimeError(f"Label Studio exited (log {server.log_path})")

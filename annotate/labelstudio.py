@@ -276,7 +276,7 @@ def push(store, client, project: int, *, version=None, flt: PushFilter = PushFil
         if progress:
             progress(len(batch))
     removed = remove_duplicates(client, project)
-    return PushResult(project, len(chosen), created - removed, len(chosen) - len(todo), removed)
+    return PushResult(project, len(chosen), created, len(chosen) - len(todo), removed)
 
 
 @_api_errors

@@ -325,5 +325,10 @@ def start(
                 break
         except BaseException:
             server.stop()
+            if temporary:
+                shutil.rmtree(data_dir, ignore_errors=True)
             raise
-    raise ServerError(f"could not start Label Studio on 127.0.0.1: {last} (pick another --port)")
+    if temporary:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    raise ServerError(f"could not start Label Studio on 127.0.0.1: {last} (pick another --port; for an "
+                      f"existing --data-dir, use the token its user was created with)")
