@@ -40,7 +40,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from spans import SPANS_TYPE, Span, agreement, as_span, ls_text_matches, merge_spans, select_spans, spans_to_arrow
+from spans import (
+    SPANS_TYPE, Span, SpanError, agreement, as_span, ls_text_matches, merge_spans, select_spans, spans_to_arrow,
+    validate,
+)
 
 LS_LABELS = {"key": "KeySpan", "error": "ErrorSpan"}
 LABELS_FROM_LS = {v: k for k, v in LS_LABELS.items()}
@@ -418,6 +421,10 @@ def pull(store, client, project: int) -> PullResult:
                                    f"store's; refused")
         current = new_spans.get(rid, row["spans"] or [])
         mine = annotation_spans(row["response"], a.get("result"), who, task_id=a["task"], rollout_id=rid)
+        try:  # same-label overlaps merge; key overlapping error by one person is refused (spans rules)
+            mine = validate(row["response"], mine, max_fraction=None, rollout_id=rid)
+        except SpanError as e:
+            raise LabelStudioError(f"task {a['task']}: {e}; refused") from None
         new_spans[rid] = merge_spans(current, mine, "human", who)
     ids = sorted(new_spans)
     upd = pa.table({"rollout_id": pa.array(ids, pa.string()),
