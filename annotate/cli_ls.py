@@ -105,8 +105,11 @@ def serve_(
 @app.command("init")
 def init_(url: str = URL, token_file: Optional[Path] = TOKEN_FILE, store: Path = STORE,
           project: Optional[str] = PROJECT) -> None:
-    """Create (or find) the project for a store: KeySpan/ErrorSpan labels on the response, the
-    prompt above it, correctness choices, the reference folded away, a skill-note box."""
+    """Create (or find) the store's Label Studio project.
+
+    Its view: the prompt on top, KeySpan/ErrorSpan labels on the response (per symbol), a
+    correct/incorrect choice, the reference solution folded away, an optional skill note.
+    """
     _, _, _, pid = _open(url, token_file, store, project)
     console.print(f"project {pid} at {url.rstrip('/')}/projects/{pid}")
 
@@ -122,8 +125,12 @@ def push_(
     seed: int = typer.Option(0, "--seed", help="Seed of --sample (same seed, same rows)."),
     batch_size: int = typer.Option(200, "--batch-size", help="Tasks per import request."),
 ) -> None:
-    """Push rollouts as tasks, machine spans as predictions. Idempotent: rollouts already in the
-    project are skipped, so a rerun (or a rerun after a killed push) creates only what is missing."""
+    """Push rollouts as tasks, with the machine spans as predictions.
+
+    Idempotent: rollouts already in the project are skipped, so a rerun (or a rerun after a
+    killed push) creates only what is missing. Predictions: one per (source, annotator), with
+    model_version source:annotator@prompt_hash.
+    """
     from rich.progress import Progress
 
     ls, client, st, pid = _open(url, token_file, store, project)
@@ -139,8 +146,11 @@ def push_(
 @app.command("pull")
 def pull_(url: str = URL, token_file: Optional[Path] = TOKEN_FILE, store: Path = STORE,
           project: Optional[str] = PROJECT) -> None:
-    """Pull annotations new or changed since the last pull into a new store version (source=human,
-    annotator = ls-user-<id>). A span whose text disagrees with its offsets refuses the pull."""
+    """Pull new or changed annotations into a new store version as human spans.
+
+    Spans get source=human and annotator=ls-user-<id>. A span whose text disagrees with its
+    offsets refuses the whole pull (task named, nothing written). Skipped tasks are recorded.
+    """
     ls, client, st, pid = _open(url, token_file, store, project)
     res = ls.pull(st, client, pid)
     if res.version is None:
@@ -155,8 +165,11 @@ def pull_(url: str = URL, token_file: Optional[Path] = TOKEN_FILE, store: Path =
 def status_(url: str = URL, token_file: Optional[Path] = TOKEN_FILE, store: Path = STORE,
             project: Optional[str] = PROJECT,
             as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
-    """Tasks pushed / annotated / skipped, rollouts pulled, and human-vs-machine agreement
-    (exact-span F1, character F1, Cohen's kappa over characters) on the pulled rollouts."""
+    """Counts (pushed, annotated, skipped, pulled) and human-vs-machine agreement.
+
+    Agreement on the pulled rollouts: exact-span F1, character F1 and Cohen's kappa over
+    characters, for each machine annotator.
+    """
     from dataclasses import asdict
 
     ls, client, st, pid = _open(url, token_file, store, project)
