@@ -90,10 +90,12 @@ def ensure_venv(cache: Path | None = None, *, log=print) -> Path:
         shutil.rmtree(venv, ignore_errors=True)
         log(f"installing {LS_REQUIREMENT} into its own venv at {venv} (about 1-2 minutes, once)")
         t0 = time.monotonic()
+        # --no-compile: byte-compiling all of Django + Label Studio up front is a large share of the
+        # install; the modules a start really imports compile on first use instead.
         steps = [
             [_base_python(), "-m", "venv", str(venv)],
             [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-             LS_REQUIREMENT],
+             "--no-compile", LS_REQUIREMENT],
         ]
         for cmd in steps:
             try:

@@ -9,6 +9,7 @@ they are never skipped, so CI cannot pass without having exercised the real serv
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import contextlib
 import itertools
@@ -32,17 +33,29 @@ from spans import SPANS_TYPE, Span
 UNICODE_RESPONSE = "Let 𝑥 = 17 + 25 = 42 👩‍💻\r\n𝑥 * 3 = 127\r\nAnswer: 127"
 
 
-@pytest.fixture(scope="session")
-def ls_server():
-    """A running Label Studio (LSServer: url, token, username, password); stopped at session end."""
+_SERVER = []  # one server per test process, shared by every module that imports the fixture
+
+
+def _shared_server():
+    """Start the server once per process. (A session fixture imported into several modules is a
+    separate fixture in each, which would start one server per module.)"""
     from annotate import ls_server as srv
 
-    try:
-        server = srv.start(log=lambda m: print(f"[labelstudio] {m}", flush=True))
-    except Exception as e:  # noqa: BLE001 - turn any install/start problem into a clear failure
-        pytest.fail(f"could not install/start a real Label Studio for the labelstudio tests: {e}", pytrace=False)
-    yield server
-    server.stop()
+    if not _SERVER or not _SERVER[0].alive():
+        try:
+            server = srv.start(log=lambda m: print(f"[labelstudio] {m}", flush=True))
+        except Exception as e:  # noqa: BLE001 - turn any install/start problem into a clear failure
+            pytest.fail(f"could not install/start a real Label Studio for the labelstudio tests: {e}",
+                        pytrace=False)
+        atexit.register(server.stop)
+        _SERVER[:] = [server]
+    return _SERVER[0]
+
+
+@pytest.fixture(scope="session")
+def ls_server():
+    """A running Label Studio (LSServer: url, token, username, password); stopped at exit."""
+    return _shared_server()
 
 
 @pytest.fixture(scope="session")

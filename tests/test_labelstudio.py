@@ -67,13 +67,13 @@ def test_annotate_pull_exact_offsets_incremental(tmp_path, ls_client, ls_project
     ls.push(store, ls_client, ls_project)
     tasks = _tasks(ls_client, ls_project)
 
-    # A person moves the error span onto '𝑥 * 3 = 127' (across nothing) and adds a key span that
-    # crosses the CRLF and ends after the ZWJ emoji: LS saves that text with '\\n' for \r and \n.
+    # A person moves the error span onto "𝑥 * 3 = 127" and adds a key span that crosses the CRLF
+    # after the ZWJ emoji: LS saves that text with backslash-n for each \r and \n.
     resp = UNICODE_RESPONSE
     e0 = resp.index("𝑥 * 3")
     e1 = resp.index("\r\nAnswer")
     k0 = resp.index("42")
-    k1 = resp.index("𝑥 * 3") + 1
+    k1 = e0  # ends right before the error span: crosses the CRLF, takes the whole ZWJ emoji
     result = [
         {"id": "s1", "from_name": "spans", "to_name": "response", "type": "labels", "origin": "prediction-changed",
          "value": {"start": e0, "end": e1, "text": resp[e0:e1], "labels": ["ErrorSpan"]}},
