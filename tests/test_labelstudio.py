@@ -52,6 +52,13 @@ def test_push_creates_tasks_with_predictions_and_is_idempotent(tmp_path, ls_clie
     assert (again.created, again.already) == (0, 6)
     assert len(list(ls_client.tasks.list(project=ls_project, fields="task_only"))) == 6
 
+    # What a client killed mid-batch can leave: the server finished a batch the rerun did not see.
+    ls_client.projects.import_tasks(ls_project, request=[{"data": dict(tasks["r0001"].data)}], commit_to_project=True)
+    healed = ls.push(store, ls_client, ls_project)
+    assert (healed.created, healed.duplicates_removed) == (0, 1)
+    assert len(list(ls_client.tasks.list(project=ls_project, fields="task_only"))) == 6
+    assert _tasks(ls_client, ls_project)["r0001"].id == tasks["r0001"].id  # the oldest task is kept
+
 
 def test_push_filters(tmp_path, ls_client, ls_project):
     store = make_store(tmp_path / "store", n=8)
