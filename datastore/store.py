@@ -380,26 +380,37 @@ class Store:
         ds = self._open()
         if ds is None:
             return []
+        tags = self._tags_by_version(ds)
+        return [self._info(ds, v, tags) for v in ds.versions()]
+
+    def version_info(self, version: int | str | None = None) -> VersionInfo:
+        """One version's message, lineage, tags and row count."""
+        ds = self._require()
+        n = self.resolve(version)
+        v = next(v for v in ds.versions() if int(v["version"]) == n)
+        return self._info(ds, v, self._tags_by_version(ds))
+
+    @staticmethod
+    def _tags_by_version(ds) -> dict[int, list[str]]:
         by_version: dict[int, list[str]] = {}
         for name, t in ds.tags.list().items():
             by_version.setdefault(int(t["version"]), []).append(name)
-        out = []
-        for v in ds.versions():
-            n = int(v["version"])
-            txn = ds.read_transaction(n)
-            props = (txn.transaction_properties or {}) if txn is not None else {}
-            lineage = lineage_from_properties(props)
-            out.append(
-                VersionInfo(
-                    version=n,
-                    timestamp=v["timestamp"],
-                    message=props.get(MESSAGE_KEY, lineage.get("message", "")),
-                    lineage=lineage,
-                    tags=tuple(sorted(by_version.get(n, []))),
-                    rows=int(v["metadata"].get("total_rows", -1)),
-                )
-            )
-        return out
+        return by_version
+
+    @staticmethod
+    def _info(ds, v: dict, tags: dict[int, list[str]]) -> VersionInfo:
+        n = int(v["version"])
+        txn = ds.read_transaction(n)
+        props = (txn.transaction_properties or {}) if txn is not None else {}
+        lineage = lineage_from_properties(props)
+        return VersionInfo(
+            version=n,
+            timestamp=v["timestamp"],
+            message=props.get(MESSAGE_KEY, lineage.get("message", "")),
+            lineage=lineage,
+            tags=tuple(sorted(tags.get(n, []))),
+            rows=int(v["metadata"].get("total_rows", -1)),
+        )
 
     def tag(self, name: str, version: int | str | None = None, metadata: dict | None = None) -> int:
         """Name a version (latest by default); ``metadata`` (str -> str) travels with the tag.

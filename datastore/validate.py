@@ -28,6 +28,9 @@ class Where:
             return f"{self.source} line {self.lines[i]}"
         return f"{self.source} row {i}"
 
+    def short(self, i: int) -> str:
+        return f"line {self.lines[i]}" if self.lines is not None else f"row {i}"
+
 
 class DataError(ValueError):
     """Input the store refuses. The message names file/line or row, rollout and column."""
@@ -119,9 +122,14 @@ def conform_array(arr: pa.Array, dst: pa.DataType, path: str) -> pa.Array:
             arr = arr.cast(pa.list_(arr.type.value_type))
         if pa.types.is_large_list(arr.type):
             arr = arr.cast(pa.list_(arr.type.value_type))
-        values = conform_array(arr.values, dst.value_type, path + "[]")
+        # A sliced ListArray's .values is the whole child array: cut it to this slice's range.
+        offsets = arr.offsets
+        first, last = offsets[0].as_py(), offsets[-1].as_py()
+        values = conform_array(arr.values.slice(first, last - first), dst.value_type, path + "[]")
+        if first:
+            offsets = pc.subtract(offsets, pa.scalar(first, offsets.type))
         mask = arr.is_null() if arr.null_count else None
-        return pa.ListArray.from_arrays(arr.offsets, values, type=dst, mask=mask)
+        return pa.ListArray.from_arrays(offsets, values, type=dst, mask=mask)
     return arr.cast(dst, safe=True)
 
 
@@ -224,7 +232,7 @@ def check_unique(ids: pa.Array, locate: Where, table: pa.Table | None = None) ->
         rows = np.flatnonzero(pc.equal(ids, rid).to_numpy(zero_copy_only=False))
         raise DataError(
             f"{locate.row(int(rows[1]))}: column 'rollout_id': duplicate {rid!r} "
-            f"(also at {locate.row(int(rows[0]))})"
+            f"(also at {locate.short(int(rows[0]))})"
         )
 
 

@@ -135,12 +135,25 @@ def _fuzzy(ntext: str, nquote: str, lo: int, hi: int, threshold: float):
     return al.score, a, b
 
 
+def _joins(c: str) -> bool:
+    """Characters that belong to the character before them: combining marks, ZWJ, variation
+    selectors, skin-tone modifiers."""
+    return bool(unicodedata.combining(c)) or c in "\u200d\ufe0e\ufe0f" or "\U0001f3fb" <= c <= "\U0001f3ff"
+
+
 def _trim(text: str, a: int, b: int) -> tuple[int, int]:
-    """Shrink ``[a, b)`` so it neither starts nor ends with whitespace."""
+    """Shrink ``[a, b)`` so it neither starts nor ends with whitespace, then widen it so it never
+    cuts a ZWJ emoji sequence or a base character from its marks (a fuzzy edge can land inside)."""
     while a < b and text[a].isspace():
         a += 1
     while b > a and text[b - 1].isspace():
         b -= 1
+    if a >= b:
+        return a, b
+    while a > 0 and (_joins(text[a]) or text[a - 1] == "\u200d"):
+        a -= 1
+    while b < len(text) and (_joins(text[b]) or text[b - 1] == "\u200d"):
+        b += 1
     return a, b
 
 

@@ -112,14 +112,14 @@ def token_routes_flat(
     if n == 0 or len(span_start_S) == 0:
         return route_N
     empty_idx = np.flatnonzero(s_N >= e_N)
-    first_B, stop_B = splits[:-1], splits[1:]
+    first_B, stop_B, edge = splits[:-1], splits[1:], empty_idx[:0]
     if len(empty_idx):
         # Specials at a row's start or end (BOS/EOS, the usual case) are simply left out of the
         # searched range; only specials between real tokens need sorted stand-in offsets (a copy).
-        first_B, stop_B, inner = _real_token_range(splits, empty_idx)
+        first_B, stop_B, edge, inner = _real_token_range(splits, empty_idx)
         if len(inner):
             s_N, e_N = _fill_empty(s_N, e_N, splits, inner)
-    if not (_sorted_within_rows(s_N, splits, empty_idx) and _sorted_within_rows(e_N, splits, empty_idx)):
+    if not (_sorted_within_rows(s_N, splits, edge) and _sorted_within_rows(e_N, splits, edge)):
         return _routes_broadcast(tok_start_N, tok_end_N, splits, span_start_S, span_end_S,
                                  span_code_S, span_row_S)
     row_S = np.asarray(span_row_S, dtype=np.int64)
@@ -136,8 +136,8 @@ def token_routes_flat(
 
 
 def _real_token_range(splits, empty_idx):
-    """Per row, ``[first, stop)`` without its leading and trailing empty tokens, and the empty
-    tokens that sit between real ones (``inner``). O(rows + specials)."""
+    """Per row, ``[first, stop)`` without its leading and trailing empty tokens; those empty tokens
+    (``edge``) and the ones that sit between real tokens (``inner``). O(rows + specials)."""
     row_E = np.searchsorted(splits, empty_idx, side="right") - 1
     n_B = len(splits) - 1
     count_B = np.bincount(row_E, minlength=n_B)
@@ -149,7 +149,8 @@ def _real_token_range(splits, empty_idx):
     trail_B = np.bincount(row_E[trail_E & ~lead_E], minlength=n_B)
     first_B = splits[:-1] + lead_B
     stop_B = np.maximum(splits[1:] - trail_B, first_B)
-    return first_B, stop_B, empty_idx[~(lead_E | trail_E)]
+    at_edge = lead_E | trail_E
+    return first_B, stop_B, empty_idx[at_edge], empty_idx[~at_edge]
 
 
 def _fill_empty(s_N, e_N, splits, empty_idx):
@@ -214,13 +215,13 @@ def _paint(route_N: np.ndarray, lo: np.ndarray, hi: np.ndarray, code: int) -> No
     route_N[idx] = code
 
 
-def _sorted_within_rows(x_N: np.ndarray, splits: np.ndarray, empty_idx: np.ndarray) -> bool:
-    """True when ``x`` never decreases between real tokens of a row (a decrease at a row start,
-    onto an empty token, or just after one is fine: empty tokens are never searched)."""
+def _sorted_within_rows(x_N: np.ndarray, splits: np.ndarray, edge_idx: np.ndarray) -> bool:
+    """True when ``x`` never decreases inside the searched part of a row: a decrease at a row
+    start, onto a leading/trailing empty token or just after one is fine (those are not searched)."""
     drops = np.flatnonzero(x_N[1:] < x_N[:-1]) + 1
     if not len(drops):
         return True
-    ok = np.isin(drops, splits) | np.isin(drops, empty_idx) | np.isin(drops - 1, empty_idx)
+    ok = np.isin(drops, splits) | np.isin(drops, edge_idx) | np.isin(drops - 1, edge_idx)
     return bool(ok.all())
 
 

@@ -74,9 +74,13 @@ def numbered(text: str, *, long_line: int = 200) -> str:
     """Render ``text`` as ``[1] first step`` lines, the form an annotator prompt shows.
 
     Each segment appears once, without its trailing whitespace; a segment spanning several lines
-    (display math, a code fence) keeps its inner line breaks.
+    (display math, a code fence) keeps its inner line breaks, shown as ``\n`` (CRLF/CR included:
+    this is a display, spans come back through the numbers).
     """
-    return "\n".join(f"[{s.index}] {s.text.rstrip()}" for s in segment(text, long_line=long_line))
+    def show(s: str) -> str:
+        return s.rstrip().replace("\r\n", "\n").replace("\r", "\n")
+
+    return "\n".join(f"[{s.index}] {show(s.text)}" for s in segment(text, long_line=long_line))
 
 
 def spans_from_segments(

@@ -171,6 +171,8 @@ def test_segment_never_splits_display_math_or_code_fences():
     assert "```python\nprint(1)\n\nprint(2)\n```\n" in texts
     assert "and $$a\nb$$ end" in texts
     assert tiles(t, segs)
+    crlf = "A\r\n\\[ x \\\\\r\n y \\]\r\nB"
+    assert numbered(crlf) == "[1] A\n[2] \\[ x \\\\\n y \\]\n[3] B"
 
 
 def test_segment_splits_long_lines_into_sentences_but_not_inside_math():
@@ -293,6 +295,15 @@ def test_routes_non_monotone_offsets_fall_back_exactly():
     assert token_routes(spans, om, 4).tolist() == naive_routes(spans, om) == [0, 1, 0, 2]
 
 
+def test_routes_special_between_unsorted_tokens_is_not_trusted():
+    om = [(5, 10), (0, 0), (0, 4), (10, 12), (0, 0)]
+    spans = [Span(1, 2, "key", "api", "a", "x"), Span(6, 7, "error", "api", "a", "x")]
+    assert token_routes(spans, om, 5).tolist() == naive_routes(spans, om) == [2, 0, 1, 0, 0]
+    om2 = [(9, 9), (0, 3), (3, 5), (0, 0), (5, 8), (0, 0), (7, 7)]  # leading (k, k), inner, trailing
+    spans2 = [Span(2, 6, "key", "api", "a", "x" * 4)]
+    assert token_routes(spans2, om2, 7).tolist() == naive_routes(spans2, om2) == [0, 1, 1, 0, 1, 0, 0]
+
+
 def test_batch_routes_equal_single_rows_and_accept_arrow():
     texts = [TEXT, "no spans here", "𝑥👩‍💻"]
     rows = [[sp(TEXT, "17 + 25 = 42"), sp(TEXT, "Answer", "error")], [], [sp(texts[2], "👩‍💻", "error")]]
@@ -373,3 +384,14 @@ def test_segment_dataclass_is_frozen():
     assert seg == Segment(1, 0, 2, "a\n")
     with pytest.raises(AttributeError):
         seg.start = 3  # type: ignore[misc]
+
+
+def test_fuzzy_edges_never_cut_a_zwj_sequence_or_marks():
+    from spans.locate import _trim
+
+    t = "I am 👩‍💻 cafe\u0301 👍🏽 ok"
+    assert t[slice(*_trim(t, 5, 6))] == "👩‍💻"  # a fuzzy edge after 👩 widens to the whole sequence
+    assert t[slice(*_trim(t, 7, 9))] == "👩‍💻 "[:-1]  # starting on 💻 (after the ZWJ) too
+    assert t[slice(*_trim(t, 9, 13))] == "cafe\u0301"  # and keeps the combining accent
+    assert t[slice(*_trim(t, 15, 16))] == "👍🏽"  # and the skin tone
+    assert _trim(t, 4, 5) == (5, 5)  # whitespace only: empty, nothing to widen

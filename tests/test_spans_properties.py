@@ -110,8 +110,13 @@ def random_batch(draw):
         for _ in range(n):
             a = draw(st.integers(0, 20))
             om.append((a, a + draw(st.integers(0, 4))))
-        if draw(st.booleans()):
+        mode = draw(st.sampled_from(["random", "sorted", "sorted+specials"]))
+        if mode != "random":
             om.sort()
+        if mode == "sorted+specials":  # BOS/EOS/inner specials, (0, 0) or (k, k)
+            for _ in range(draw(st.integers(1, 3))):
+                k = draw(st.sampled_from([0, draw(st.integers(0, 20))]))
+                om.insert(draw(st.integers(0, len(om))), (k, k))
         spans = []
         for _ in range(draw(st.integers(0, 3))):
             a = draw(st.integers(0, 22))

@@ -81,7 +81,7 @@ class Scored:
     """What a scorer returns for one batch.
 
     logprobs_BT: log-prob (nats) of each sampled response token; 0 at padding. Carries gradient
-        when scored with gradient on (student side).
+        when scored with gradient on (student side). None when not asked for.
     response_mask_BT: real response tokens.
     select_BT: positions whose distribution was requested; rows N of the *_N* fields are these
         positions in row-major order (select_BT & response_mask_BT).
@@ -94,7 +94,7 @@ class Scored:
         vocabulary) and their token ids at the selected positions, when asked for.
     """
 
-    logprobs_BT: Tensor
+    logprobs_BT: Tensor | None
     response_mask_BT: Tensor
     select_BT: Tensor
     entropy_BT: Tensor | None = None
@@ -191,6 +191,7 @@ def score(
     topk: int | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     entropy: bool = False,
+    token_logprobs: bool = True,
 ) -> Scored:
     """Score a batch with a transformers causal LM: sampled-token log-probs everywhere, hidden
     states (and optionally top-k) only at `select_BT`.
@@ -198,19 +199,23 @@ def score(
     Gradient follows the caller: call under `torch.no_grad()` for a teacher, normally for the
     student (then `logprobs_BT` and `hidden_NH` carry gradient and every LM-head chunk is
     checkpointed). Peak memory beyond the transformer body is O(chunk_rows · V).
+    `token_logprobs=False` skips the sampled-token pass (a TRACE teacher only needs the span
+    distributions); `logprobs_BT` is then None.
     """
     _, head = decoder_and_head(model)
     hidden_BTH = response_hidden(model, batch)
     device = hidden_BTH.device
     rmask = batch.response_mask_BT.to(device)
-    lp_M, ent_M = chunked_token_logprobs(hidden_BTH[rmask], batch.response_ids_BT.to(device)[rmask], head, chunk_rows, entropy)
+    lp_M, ent_M = None, None
+    if token_logprobs or entropy:
+        lp_M, ent_M = chunked_token_logprobs(hidden_BTH[rmask], batch.response_ids_BT.to(device)[rmask], head, chunk_rows, entropy)
     sel = torch.zeros_like(rmask) if select_BT is None else (select_BT.to(device).bool() & rmask)
     hidden_NH = hidden_BTH[sel]
     top_lp, top_ids = (None, None)
     if topk:
         top_lp, top_ids = chunked_topk(hidden_NH, head, topk, chunk_rows)
     return Scored(
-        logprobs_BT=rows_to_BT(lp_M, rmask),
+        logprobs_BT=rows_to_BT(lp_M, rmask) if token_logprobs and lp_M is not None else None,
         response_mask_BT=rmask,
         select_BT=sel,
         entropy_BT=rows_to_BT(ent_M, rmask) if ent_M is not None else None,

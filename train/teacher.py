@@ -40,7 +40,8 @@ TEACHER_TEMPLATES: dict[str, str] = {
 class Scorer(Protocol):
     """Anything that scores a batch the way `train.scoring.score` does (transformers, vLLM)."""
 
-    def score(self, batch: ScoringBatch, select_BT: Tensor | None = None, topk: int | None = None) -> Scored: ...
+    def score(self, batch: ScoringBatch, select_BT: Tensor | None = None, topk: int | None = None,
+              token_logprobs: bool = True) -> Scored: ...
 
 
 def render_skill(skill: str | Mapping[str, Any] | None) -> str:
@@ -142,11 +143,14 @@ class Teacher:
         return True
 
     @torch.no_grad()
-    def score(self, batch: ScoringBatch, select_BT: Tensor | None = None, topk: int | None = None) -> Scored:
-        """Teacher log-probs of the sampled tokens, and hidden states (top-k) at `select_BT`."""
+    def score(self, batch: ScoringBatch, select_BT: Tensor | None = None, topk: int | None = None,
+              token_logprobs: bool = True) -> Scored:
+        """Teacher log-probs of the sampled tokens (skip with `token_logprobs=False`, e.g. for
+        TRACE), and hidden states (top-k) at `select_BT`."""
         was_training = self.model.training
         self.model.eval()  # no dropout in the teacher, also in live mode
         try:
-            return score(self.model, batch, select_BT=select_BT, topk=topk, chunk_rows=self.chunk_rows)
+            return score(self.model, batch, select_BT=select_BT, topk=topk, chunk_rows=self.chunk_rows,
+                         token_logprobs=token_logprobs)
         finally:
             self.model.train(was_training)

@@ -40,8 +40,10 @@ class VLLMScorer:
             llm_kwargs.setdefault("enable_prefix_caching", False)  # prompt log-probs of cached prefixes are not recomputed
             self.llm = LLM(model=str(model), **llm_kwargs)
 
-    def score(self, batch: ScoringBatch, select_BT: Tensor | None = None, topk: int | None = None) -> Scored:
-        """Sampled-token log-probs at every response position; top-k at `select_BT` positions."""
+    def score(self, batch: ScoringBatch, select_BT: Tensor | None = None, topk: int | None = None,
+              token_logprobs: bool = True) -> Scored:
+        """Sampled-token log-probs at every response position; top-k at `select_BT` positions.
+        (`token_logprobs` is accepted for the `Scorer` protocol; vLLM returns them anyway.)"""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 

@@ -1,0 +1,131 @@
+"""The api/self annotator: render prompts, run them through the engine, map answers to spans.
+
+The model sees the response as numbered segments (`spans` segmentation) with the problem and the
+reference solution, and answers in a JSON schema: key steps for a correct rollout, the first
+wrong step plus an `error_type` for an incorrect one. Answers become exact spans in `parse.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+from annotate.engine import EngineConfig, Summary, request_key, run_calls
+from annotate.journal import canonical
+from annotate.parse import map_answer, parse_json
+from annotate.prompts import PromptTemplate, load
+from annotate.protocol import Provenance, RowResult
+from annotate.secrets import redact
+from annotate.spans_adapter import render_numbered, segments
+
+
+@dataclass(frozen=True)
+class RequestParams:
+    """Sampling parameters that go into every request (and so into the cache key)."""
+
+    temperature: float = 0.0
+    max_tokens: int = 512
+    response_format: str = "json_schema"  # json_schema | json_object | none (for endpoints without it)
+    seed: int | None = None
+
+
+def public_url(url: str) -> str:
+    """`url` without user:password or query string, safe to record in lineage."""
+    p = urlsplit(url)
+    host = p.hostname or ""
+    if p.port:
+        host += f":{p.port}"
+    return urlunsplit((p.scheme, host, p.path, "", ""))
+
+
+def combined_hash(templates: list[PromptTemplate]) -> str:
+    return hashlib.sha256("".join(t.sha256 for t in templates).encode()).hexdigest()[:16]
+
+
+def build_body(tpl: PromptTemplate, model: str, params: RequestParams, **fields: str) -> dict:
+    body = {
+        "model": model,
+        "messages": tpl.messages(**fields),
+        "temperature": params.temperature,
+        "max_tokens": params.max_tokens,
+    }
+    if params.seed is not None:
+        body["seed"] = params.seed
+    if params.response_format == "json_schema":
+        body["response_format"] = tpl.response_format()
+    elif params.response_format == "json_object":
+        body["response_format"] = {"type": "json_object"}
+    return body
+
+
+@dataclass
+class ApiAnnotator:
+    """Span annotation through any OpenAI-compatible endpoint (source ``api``, or ``self`` when the
+    endpoint serves the policy being trained)."""
+
+    engine: EngineConfig
+    model: str
+    source: str = "api"
+    params: RequestParams = field(default_factory=RequestParams)
+    prompt_dir: str | None = None
+    checkpoint: str | None = None  # recorded for `self`
+    summary: Summary | None = None
+    runner: Callable[[list[dict]], tuple[dict, Summary]] | None = None  # default: HTTP engine
+
+    def __post_init__(self) -> None:
+        self.key_tpl = load("key_spans", self.prompt_dir)
+        self.err_tpl = load("error_spans", self.prompt_dir)
+        name = self.checkpoint.rstrip("/").split("/")[-1] if self.checkpoint else self.model
+        self.provenance = Provenance(
+            source=self.source,
+            annotator=f"{self.source}:{name}",
+            model=self.model,
+            prompt_hash=combined_hash([self.key_tpl, self.err_tpl]),
+            extra={
+                "prompt_hashes": {"key_spans": self.key_tpl.sha256, "error_spans": self.err_tpl.sha256},
+                "base_url": public_url(self.engine.base_url) if self.runner is None else "in-process",
+                "params": self.params.__dict__,
+                **({"checkpoint": self.checkpoint} if self.checkpoint else {}),
+            },
+        )
+
+    def body_for(self, rec: dict) -> dict | None:
+        if rec.get("correct") is None:
+            return None
+        tpl = self.key_tpl if rec["correct"] else self.err_tpl
+        return build_body(tpl, self.model, self.params, prompt=rec.get("prompt") or "",
+                          reference=rec.get("reference") or "(none)",
+                          numbered=render_numbered(segments(rec["response"])))
+
+    def annotate(self, records: list[dict]) -> list[RowResult]:
+        bodies = [self.body_for(r) for r in records]
+        todo = [b for b in bodies if b is not None]
+        calls, self.summary = self.runner(todo) if self.runner else run_calls(todo, self.engine)
+        out = []
+        for rec, body in zip(records, bodies):
+            if body is None:
+                out.append(RowResult(rec["rollout_id"], [], None, "skipped", "no verifier result (`correct` is null)"))
+                continue
+            key = request_key(canonical(body))
+            out.append(self._row(rec, key, calls.get(key)))
+        return out
+
+    def _row(self, rec: dict, key: str, call) -> RowResult:
+        rid = rec["rollout_id"]
+        if call is None:
+            return RowResult(rid, [], None, "skipped", "not sent: --max-cost reached", request_hash=key)
+        ev = dict(request_hash=key, raw_response=call.response, prompt_tokens=call.prompt_tokens,
+                  completion_tokens=call.completion_tokens, cost_usd=call.cost_usd)
+        if call.state != "done" or call.content is None:
+            return RowResult(rid, [], None, "failed", redact(call.error or "no answer"), **ev)
+        obj, status, err = parse_json(call.content)
+        if obj is None:
+            return RowResult(rid, [], None, "failed", err, **ev)
+        label = "key" if rec["correct"] else "error"
+        m = map_answer(obj, rec["response"], label, self.provenance.source, self.provenance.annotator)
+        if m.status == "failed":
+            return RowResult(rid, [], None, "failed", "; ".join(m.notes) or "no usable step", **ev)
+        final = "repaired" if (status == "repaired" or m.status == "repaired") else "ok"
+        return RowResult(rid, m.spans, m.error_type, final, "; ".join(m.notes) or None, **ev)

@@ -1,0 +1,426 @@
+"""The async LLM call engine: bounded, adaptive concurrency; retries; a request cache that never pays twice.
+
+`run_calls(bodies, config)` sends chat-completion request bodies to any OpenAI-compatible endpoint
+through the official `openai.AsyncOpenAI` client on the aiohttp transport and returns one
+`CallRecord` per distinct request (keyed by the sha256 of the canonical request JSON).
+
+- cache: a finished answer (state ``done``) is never requested again, across runs (`journal.py`);
+- in-flight journal: a chunk of requests is committed as ``inflight`` before any of it is sent;
+  each is sent with ``Idempotency-Key: <request hash>`` so a resend after a crash can be replayed
+  by the server instead of recomputed (see `journal.py` for the exact guarantee);
+- retries: timeouts, connection errors, 408/409/5xx and 429 retry with exponential backoff + jitter,
+  never sooner than ``Retry-After`` / ``retry-after-ms``; other 4xx fail the row at once;
+- adaptive concurrency: a 429 halves the send limit (at most once per second) and pauses sending
+  for Retry-After; each success adds 1/limit back (AIMD). ``x-ratelimit-remaining-requests|tokens``
+  of 0 pauses sending until the matching ``x-ratelimit-reset-*``;
+- cost: usage tokens x `Price`; `max_cost_usd` stops dispatching new requests once the spend plus
+  the expected cost of those in flight reaches it, finishes those in flight, and returns cleanly
+  (the rest are ``skipped``; a rerun with a larger budget picks them up, cached answers are free).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import email.utils
+import hashlib
+import json
+import os
+import random
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from annotate.journal import CallRecord, Journal, canonical
+from annotate.pricing import Price
+from annotate.secrets import secret_values
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How to reach the endpoint and how hard to push it."""
+
+    base_url: str
+    cache_path: Path  # the SQLite request cache / journal
+    api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable; the value is never stored
+    concurrency: int = 32  # the most requests in flight (the adaptive limit never exceeds it)
+    timeout_s: float = 60.0  # per attempt
+    max_attempts: int = 8
+    backoff_base_s: float = 0.5  # first retry waits ~this, doubling, with jitter, capped below
+    backoff_max_s: float = 30.0
+    price: Price = field(default_factory=Price)
+    max_cost_usd: float | None = None
+    progress: bool = True
+    label: str = "annotate"
+    flush_s: float = 0.05  # answers are committed at least this often...
+    flush_n: int = 64  # ...or every this many
+
+
+@dataclass
+class Summary:
+    """What one run did. `cost_usd` is this run's new spend (cache hits are free)."""
+
+    requests: int = 0
+    cached: int = 0
+    sent: int = 0
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0  # not sent because the cost budget was reached
+    retries: int = 0
+    rate_limited: int = 0
+    resent_after_crash: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    elapsed_s: float = 0.0
+    stopped: str | None = None  # "max-cost" when the budget stopped the run
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def request_key(body_json: str) -> str:
+    """The cache key: sha256 of the canonical request JSON (model, messages, params, schema)."""
+    return hashlib.sha256(body_json.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+class _Limiter:
+    """AIMD concurrency limit plus a pause-until time (Retry-After, x-ratelimit-reset).
+
+    Lock-free: the event loop is single-threaded and no await sits between a check and its update.
+    """
+
+    def __init__(self, max_limit: int):
+        self.max = max_limit
+        self.limit = float(max_limit)
+        self.active = 0
+        self.pause_until = 0.0
+        self._last_cut = -1e9
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    async def acquire(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            wait = self.pause_until - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            if self.active < max(1, int(self.limit)):
+                self.active += 1
+                return
+            fut = loop.create_future()
+            self._waiters.append(fut)
+            await fut
+
+    def release(self, ok: bool) -> None:
+        self.active -= 1
+        if ok and self.limit < self.max:
+            self.limit = min(self.max, self.limit + 1.0 / self.limit)
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                break
+
+    def slow_down(self, pause_s: float, cut: bool) -> None:
+        now = asyncio.get_running_loop().time()
+        self.pause_until = max(self.pause_until, now + pause_s)
+        if cut and now - self._last_cut > 1.0:
+            self.limit = max(1.0, self.limit / 2)
+            self._last_cut = now
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+
+
+def parse_duration_s(value: str | None) -> float | None:
+    """'20ms' / '1.5s' / '6m0s' / '2' (seconds) -> seconds; None when absent or unparseable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    parts = _DURATION.findall(value)
+    if parts:
+        scale = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+        return sum(float(n) * scale[u] for n, u in parts)
+    try:  # an HTTP date (Retry-After may be one)
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def retry_after_s(headers) -> float | None:
+    """Seconds the server asked us to wait, from retry-after-ms or Retry-After."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return float(ms) / 1000
+        except ValueError:
+            pass
+    return parse_duration_s(headers.get("retry-after"))
+
+
+def _ratelimit_pause_s(headers) -> float | None:
+    pauses = []
+    for kind in ("requests", "tokens"):
+        remaining = headers.get(f"x-ratelimit-remaining-{kind}")
+        if remaining is not None and remaining.strip() in ("0", "0.0"):
+            pauses.append(parse_duration_s(headers.get(f"x-ratelimit-reset-{kind}")) or 1.0)
+    return max(pauses) if pauses else None
+
+
+# ---------------------------------------------------------------------------------------------
+class _Run:
+    """State of one engine run; the main flow is `run` below."""
+
+    def __init__(self, config: EngineConfig, journal: Journal, total: int, api_key: str):
+        self.cfg = config
+        # Every string that leaves the engine (answers, raw responses, errors) goes through
+        # `redact`: the key in use plus any secret-looking environment variable.
+        self._secrets = secret_values((api_key,))
+        self.journal = journal
+        self.summary = Summary(requests=total)
+        self.records: dict[str, CallRecord] = {}
+        self.inflight_cost: dict[str, float] = {}
+        self.unsent: set[str] = set()
+        self.stop = False
+        self._progress = None
+        self._task = None
+
+    def redact(self, text: str | None) -> str | None:
+        if text:
+            for v in self._secrets:
+                if v in text:
+                    text = text.replace(v, "***")
+        return text
+
+    # -- budget ---------------------------------------------------------------------------
+    def over_budget(self) -> bool:
+        cap = self.cfg.max_cost_usd
+        if cap is None:
+            return False
+        n_done = max(1, self.summary.done)
+        expected = self.summary.cost_usd / n_done * (len(self.inflight_cost) + 1) if self.summary.done else 0.0
+        return self.summary.cost_usd + expected >= cap
+
+    # -- one request ------------------------------------------------------------------------
+    async def call(self, client, limiter: _Limiter, key: str, body_json: bytes) -> CallRecord:
+        import httpx2
+        import openai
+
+        last_error = ""
+        for attempt in range(1, self.cfg.max_attempts + 1):
+            await limiter.acquire()
+            ok = False
+            wait = None
+            try:
+                # The client's low-level `post` sends the canonical JSON we hashed, byte for byte
+                # (the typed `chat.completions.create` re-transforms every param: ~1.3 ms/request).
+                raw = await client.post("/chat/completions", cast_to=httpx2.Response, content=body_json,
+                                        options={"headers": {"Idempotency-Key": key}})
+                text = raw.text
+                ok = True
+                pause = _ratelimit_pause_s(raw.headers)
+                if pause:
+                    limiter.slow_down(pause, cut=False)
+                return self._parse_ok(key, text, attempt)
+            except openai.APIStatusError as e:
+                status = e.status_code
+                last_error = self.redact(f"HTTP {status}: {_short(e.response.text if e.response is not None else str(e))}")
+                headers = e.response.headers if e.response is not None else None
+                if status == 429:
+                    self.summary.rate_limited += 1
+                    wait = retry_after_s(headers)
+                    limiter.slow_down(wait if wait is not None else self._backoff(attempt), cut=True)
+                elif not (status in (408, 409) or status >= 500):
+                    return self._failed(key, last_error, attempt)
+                else:
+                    wait = retry_after_s(headers)
+            except (openai.APITimeoutError, openai.APIConnectionError) as e:
+                last_error = self.redact(f"{type(e).__name__}: {e}")
+            except Exception as e:  # noqa: BLE001 - one bad request fails its row, never the job
+                return self._failed(key, self.redact(f"unexpected {type(e).__name__}: {e}"), attempt)
+            finally:
+                limiter.release(ok)
+            if attempt < self.cfg.max_attempts:
+                self.summary.retries += 1
+                await asyncio.sleep(max(wait or 0.0, self._backoff(attempt)))
+        return self._failed(key, f"gave up after {self.cfg.max_attempts} attempts; last: {last_error}",
+                            self.cfg.max_attempts)
+
+    def _backoff(self, attempt: int) -> float:
+        return min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2 ** (attempt - 1)) * (0.5 + random.random())
+
+    def _parse_ok(self, key: str, text: str, attempts: int) -> CallRecord:
+        try:
+            data = json.loads(text)
+            content = data["choices"][0]["message"].get("content")
+            usage = data.get("usage") or {}
+            pt, ct = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            # The HTTP call succeeded (and was likely billed) but the envelope is not a chat
+            # completion: keep the raw text as evidence, do not retry (it would pay again).
+            return CallRecord(key, "done", None, self.redact(text), 0, 0, 0.0,
+                              f"unreadable response envelope: {type(e).__name__}: {e}", attempts)
+        return CallRecord(key, "done", self.redact(content), self.redact(text), pt, ct,
+                          self.cfg.price.cost(pt, ct), None, attempts)
+
+    def _failed(self, key: str, error: str, attempts: int) -> CallRecord:
+        return CallRecord(key, "failed", None, None, 0, 0, 0.0, error, attempts)
+
+    # -- bookkeeping ------------------------------------------------------------------------
+    def finish(self, rec: CallRecord) -> None:
+        self.records[rec.key] = rec
+        self.inflight_cost.pop(rec.key, None)
+        self.journal.record(rec)
+        s = self.summary
+        if rec.state == "done":
+            s.done += 1
+            s.prompt_tokens += rec.prompt_tokens
+            s.completion_tokens += rec.completion_tokens
+            s.cost_usd += rec.cost_usd
+        else:
+            s.failed += 1
+        if self.journal.pending >= self.cfg.flush_n:
+            self.journal.flush()
+        self.tick(1)
+
+    def tick(self, n: int) -> None:
+        if self._progress is not None:
+            s = self.summary
+            self._progress.update(
+                self._task, advance=n,
+                tokens=f"{(s.prompt_tokens + s.completion_tokens) / 1000:.1f}k tok",
+                cost=f"${s.cost_usd:.4f}", retries=f"{s.retries} retries", failed=f"{s.failed} failed",
+            )
+
+    def start_progress(self):
+        if not self.cfg.progress:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[cyan]{task.fields[rate]}"),
+            TextColumn("{task.fields[tokens]}"), TextColumn("[green]{task.fields[cost]}"),
+            TextColumn("[yellow]{task.fields[retries]}"), TextColumn("[red]{task.fields[failed]}"),
+            TimeRemainingColumn(), refresh_per_second=4, transient=False,
+        )
+        self._task = self._progress.add_task(self.cfg.label, total=self.summary.requests, rate="",
+                                             tokens="0.0k tok", cost="$0.0000", retries="0 retries",
+                                             failed="0 failed")
+        self._progress.start()
+        return self._progress
+
+
+def _short(text: str, n: int = 300) -> str:
+    return text if len(text) <= n else text[:n] + "…"
+
+
+# ---------------------------------------------------------------------------------------------
+async def _run(bodies: list[dict], cfg: EngineConfig) -> tuple[dict[str, CallRecord], Summary]:
+    import openai
+    from openai import DefaultAioHttpClient
+
+    t0 = time.perf_counter()
+    journal = Journal(cfg.cache_path)
+    # Render and hash every request once; identical requests collapse to one call.
+    keyed: dict[str, tuple[str, dict]] = {}
+    for body in bodies:
+        body_json = canonical(body)
+        keyed.setdefault(request_key(body_json), (body_json, body))
+    api_key = os.environ.get(cfg.api_key_env) or "none"  # local servers accept any key
+    run = _Run(cfg, journal, len(keyed), api_key)
+    crashed = journal.inflight()
+    cached = journal.lookup(list(keyed))
+    run.records.update(cached)
+    run.summary.cached = len(cached)
+    todo = [k for k in keyed if k not in cached]
+    run.summary.resent_after_crash = len(crashed.intersection(todo))
+
+    progress = run.start_progress()
+    run.tick(len(cached))
+    queue: asyncio.Queue = asyncio.Queue()
+    limiter = _Limiter(cfg.concurrency)
+
+    async def dispatcher() -> None:
+        # Journal each chunk as in flight (one commit) before it can be sent; keep the queue at
+        # about two chunks so sending starts at once and marks stay close to real sends.
+        chunk = max(8, cfg.concurrency)
+        for i in range(0, len(todo), chunk):
+            while queue.qsize() > chunk and not run.stop:
+                await asyncio.sleep(0.002)
+            if run.stop:
+                break
+            part = todo[i : i + chunk]
+            journal.mark_inflight([(k, keyed[k][0]) for k in part])
+            run.unsent.update(part)
+            for k in part:
+                queue.put_nowait(k)
+        for _ in range(cfg.concurrency):
+            queue.put_nowait(None)
+
+    async def worker(client) -> None:
+        while (key := await queue.get()) is not None:
+            if run.stop or run.over_budget():
+                if not run.stop and cfg.max_cost_usd is not None:
+                    run.stop = True
+                    run.summary.stopped = "max-cost"
+                continue
+            run.unsent.discard(key)
+            run.inflight_cost[key] = 0.0
+            run.summary.sent += 1
+            run.finish(await run.call(client, limiter, key, keyed[key][0].encode()))
+
+    async def flusher() -> None:
+        while True:
+            await asyncio.sleep(cfg.flush_s)
+            journal.flush()
+            if progress is not None:
+                el = time.perf_counter() - t0
+                progress.update(run._task, rate=f"{run.summary.done / max(el, 1e-9):.1f} req/s")
+
+    try:
+        async with openai.AsyncOpenAI(
+            base_url=cfg.base_url, api_key=api_key, timeout=cfg.timeout_s, max_retries=0,
+            default_headers={"Content-Type": "application/json"},
+            http_client=DefaultAioHttpClient(timeout=cfg.timeout_s),
+        ) as client:
+            flush_task = asyncio.create_task(flusher())
+            workers = [asyncio.create_task(worker(client)) for _ in range(cfg.concurrency)]
+            await asyncio.gather(dispatcher(), *workers)
+            flush_task.cancel()
+    finally:
+        journal.flush()
+        # Journaled but never sent (budget stop): not in flight after all.
+        journal.forget_unsent(sorted(run.unsent))
+        journal.close()
+        if progress is not None:
+            progress.stop()
+    run.summary.skipped = len(keyed) - len(run.records)
+    run.summary.elapsed_s = time.perf_counter() - t0
+    return run.records, run.summary
+
+
+def run_calls(bodies: Iterable[dict], config: EngineConfig) -> tuple[dict[str, CallRecord], Summary]:
+    """Send every distinct request body (or serve it from the cache); see the module docstring.
+
+    Returns ``(records, summary)`` where `records` maps `request_key(canonical(body))` to its
+    `CallRecord` (missing for requests skipped by the budget).
+    """
+    try:  # uvloop cuts the event loop's own CPU per request; the client is CPU-bound at high rates
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(_run(list(bodies), config))

@@ -1,0 +1,121 @@
+"""One annotation job over a datastore version: read rows, annotate, write a new version.
+
+The main flow, top to bottom: resolve the version -> read the columns annotators need -> the
+annotator returns one `RowResult` per row -> spans are merged per (source, annotator) and
+validated -> `store.update` writes spans, error_type, annotation (and skill) as a new version
+whose lineage names the annotator, the model, the prompt hash and the parent version.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+
+import pyarrow as pa
+
+from annotate.protocol import Annotator, Provenance, RowResult
+from annotate.spans_adapter import merge_spans, validate_spans
+from datastore.schema import ANNOTATION_STRUCT
+from spans.model import SPANS_TYPE, Span
+
+READ_COLUMNS = ["rollout_id", "prompt_id", "group_id", "prompt", "response", "correct", "reference", "skill",
+                "spans", "error_type"]
+
+
+def read_records(store, version=None, limit: int | None = None) -> tuple[int, list[dict]]:
+    """(resolved version, rows as dicts) of the columns annotators use."""
+    v = store.latest_version() if version is None else store.resolve(version)
+    if v is None:
+        raise ValueError(f"store {store.uri} is empty: import or generate rollouts first")
+    rows = store.read(version=v, columns=READ_COLUMNS).to_pylist()
+    return v, rows[:limit] if limit else rows
+
+
+def checked(rec: dict, res: RowResult, max_fraction: float | None = 0.25) -> RowResult:
+    """Validate a result's spans (`spans.validate`: in range, text matches, overlaps merged, TRACE's
+    cap); a refused span fails the row, never the job; spans the cap drops are noted, and a row
+    whose spans are all dropped by the cap fails with that reason."""
+    if res.status not in ("ok", "repaired") or not res.spans:
+        return res
+    kept, dropped, error = validate_spans(rec["response"], res.spans, rec["rollout_id"], max_fraction)
+    if error:
+        return replace(res, spans=[], status="failed", error=error)
+    if not dropped:
+        return replace(res, spans=kept)
+    note = (f"cap: {len(dropped)} of {len(res.spans)} spans dropped (over {max_fraction:.0%} of the response)")
+    error_msg = "; ".join(x for x in (res.error, note) if x)
+    if not kept:
+        return replace(res, spans=[], status="failed", error=error_msg)
+    return replace(res, spans=kept, status="repaired", error=error_msg)
+
+
+def update_table(records: list[dict], results: list[RowResult], prov: Provenance,
+                 with_skill: bool = False) -> pa.Table:
+    """rollout_id + spans, error_type, annotation (+ skill) for `store.update`."""
+    ids, spans_col, types, evidence, skills = [], [], [], [], []
+    for rec, res in zip(records, results):
+        existing = [Span.from_dict(s) for s in (rec.get("spans") or [])]
+        if res.status in ("ok", "repaired"):
+            merged = merge_spans(existing, res.spans, prov.source, prov.annotator)
+            etype = res.error_type
+        else:
+            merged, etype = existing, rec.get("error_type")
+        ids.append(rec["rollout_id"])
+        spans_col.append([s.to_dict() for s in merged])
+        types.append(etype)
+        evidence.append(res.evidence())
+        skills.append(res.skill)
+    cols = {
+        "rollout_id": pa.array(ids, pa.string()),
+        "spans": pa.array(spans_col, SPANS_TYPE),
+        "error_type": pa.array(types, pa.string()),
+        "annotation": pa.array(evidence, ANNOTATION_STRUCT),
+    }
+    if with_skill:
+        cols["skill"] = pa.array(skills, pa.string())
+    return pa.table(cols)
+
+
+def counts(results: list[RowResult]) -> dict[str, int]:
+    return dict(Counter(r.status for r in results))
+
+
+def lineage_for(prov: Provenance, stage: str, parent: int, results: list[RowResult], extra: dict | None = None):
+    from datastore import Lineage
+
+    return Lineage(
+        stage=stage, model=prov.model, annotator=prov.annotator, prompt_hash=prov.prompt_hash,
+        extra={"source": prov.source, "parent_version": parent, "rows": len(results),
+               "status_counts": counts(results), **prov.extra, **(extra or {})},
+    )
+
+
+def annotate_store(store, annotator: Annotator, version=None, *, limit: int | None = None,
+                   extra: dict | None = None) -> tuple[int, list[RowResult]]:
+    """Annotate every row of `version` (default latest) and write one new version. Returns
+    (new version, results)."""
+    parent, records = read_records(store, version, limit)
+    results = [checked(rec, res) for rec, res in zip(records, annotator.annotate(records))]
+    prov = annotator.provenance
+    c = counts(results)
+    message = (f"annotate {prov.annotator} on v{parent}: "
+               + ", ".join(f"{n} {k}" for k, n in sorted(c.items())))
+    v = store.update(update_table(records, results, prov), message=message,
+                     lineage=lineage_for(prov, "annotate", parent, results, extra))
+    return v, results
+
+
+def skills_store(store, extractor: Annotator, version=None, *, limit: int | None = None,
+                 extra: dict | None = None) -> tuple[int, list[RowResult]]:
+    """Write the `skill` column of `version` as a new version (spans and evidence untouched)."""
+    parent, records = read_records(store, version, limit)
+    results = extractor.annotate(records)
+    prov = extractor.provenance
+    table = pa.table({
+        "rollout_id": pa.array([r["rollout_id"] for r in records], pa.string()),
+        "skill": pa.array([res.skill for res in results], pa.string()),
+    })
+    c = counts(results)
+    message = f"skills {prov.annotator} on v{parent}: " + ", ".join(f"{n} {k}" for k, n in sorted(c.items()))
+    v = store.update(table, message=message, lineage=lineage_for(prov, "skills", parent, results, extra))
+    return v, results

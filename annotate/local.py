@@ -1,0 +1,68 @@
+"""`annotate self` in-process: the policy's own `Generator` (train/rollout.py) answers the prompts.
+
+Same requests, cache and evidence as the HTTP path: each rendered request is hashed the same way
+(its ``model`` is the checkpoint), looked up in the same SQLite cache, and only misses are
+generated, greedily, in batches. The chat messages are rendered with the checkpoint's chat
+template. The transformers backend has no schema-constrained decoding here, so a small policy
+that does not write JSON yields rows with ``parse_status=failed`` and its raw answer kept; for
+constrained JSON serve the checkpoint with vLLM (`json_schema` response formats) and use --base-url.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from annotate.engine import Summary, request_key
+from annotate.journal import CallRecord, Journal, canonical
+
+
+@dataclass
+class GeneratorRunner:
+    """A drop-in for `engine.run_calls` that answers with a local `Generator` instead of HTTP."""
+
+    generator: object  # train.rollout.Generator (has .generate and .tokenizer for HF)
+    cache_path: Path
+    batch_size: int = 16
+
+    def render(self, messages: list[dict]) -> str:
+        tok = getattr(self.generator, "tokenizer", None)
+        if tok is not None and getattr(tok, "chat_template", None):
+            return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\n\nassistant:"
+
+    def __call__(self, bodies: list[dict]) -> tuple[dict[str, CallRecord], Summary]:
+        from train.rollout import Sampling
+
+        t0 = time.perf_counter()
+        keyed = {}
+        for b in bodies:
+            keyed.setdefault(request_key(canonical(b)), b)
+        journal = Journal(self.cache_path)
+        try:
+            records = dict(journal.lookup(list(keyed)))
+            summary = Summary(requests=len(keyed), cached=len(records))
+            todo = [k for k in keyed if k not in records]
+            for i in range(0, len(todo), self.batch_size):
+                part = todo[i : i + self.batch_size]
+                journal.mark_inflight([(k, canonical(keyed[k])) for k in part])
+                max_new = max(int(keyed[k].get("max_tokens") or 256) for k in part)
+                outs = self.generator.generate(
+                    [self.render(keyed[k]["messages"]) for k in part], n=1,
+                    sampling=Sampling(temperature=0.0, max_new_tokens=max_new), seeds=[0] * len(part))
+                for k, samples in zip(part, outs, strict=True):
+                    s = samples[0]
+                    rec = CallRecord(k, "done", s.text, canonical({"text": s.text, "finish_reason": s.finish_reason,
+                                                                   "completion_tokens": len(s.token_ids)}),
+                                     0, len(s.token_ids), 0.0, None, 1)
+                    records[k] = rec
+                    journal.record(rec)
+                    summary.sent += 1
+                    summary.done += 1
+                    summary.completion_tokens += len(s.token_ids)
+                journal.flush()
+        finally:
+            journal.close()
+        summary.elapsed_s = time.perf_counter() - t0
+        return records, summary

@@ -1,0 +1,197 @@
+"""Skill-SD skill summaries: ``{success_analysis, mistake_analysis, golden_workflow}`` per prompt group,
+and a per-prompt skill bank with UCB selection of the skill the teacher sees.
+
+Extraction runs per prompt group (all G rollouts of one prompt), through the same engine as span
+annotation (`api`/`self`) or rule-based for the toy world, and writes the group's skill JSON into
+the `skill` column of every row of the group.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from annotate.api import ApiAnnotator, build_body, public_url
+from annotate.engine import request_key, run_calls
+from annotate.journal import canonical
+from annotate.parse import parse_json
+from annotate.prompts import load
+from annotate.protocol import Provenance, RowResult
+from annotate.rule import STEP, rule_annotate
+
+SKILL_KEYS = ("success_analysis", "mistake_analysis", "golden_workflow")
+
+
+def groups_of(records: list[dict]) -> dict[str, list[dict]]:
+    """Rows by prompt group (`group_id`, else `prompt_id`), in first-seen order."""
+    out: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        out[r.get("group_id") or r.get("prompt_id") or r["rollout_id"]].append(r)
+    return dict(out)
+
+
+def skill_json(success: str, mistakes: str, workflow: str) -> str:
+    return json.dumps({"success_analysis": success, "mistake_analysis": mistakes, "golden_workflow": workflow},
+                      ensure_ascii=False)
+
+
+# --- rule-based (toy world) -------------------------------------------------------------------
+_OPS = {"+": "add", "-": "subtract", "*": "multiply", "×": "multiply", "x": "multiply", "/": "divide", "÷": "divide"}
+
+
+def toy_workflow(reference: str | None) -> str:
+    """Numbered steps from the reference solution, naming operations, never the final answer."""
+    steps = list(STEP.finditer(reference or ""))
+    if not steps:
+        return "1. Write each intermediate computation on its own line. 2. Recompute each line. 3. End with 'Answer: N'."
+    lines, prev = [], None
+    for k, m in enumerate(steps, 1):
+        a, op, b = m.group(1), m.group(2), m.group(3)
+        left = "the previous result" if prev is not None and a == prev else a
+        right = "the previous result" if prev is not None and b == prev and left != "the previous result" else b
+        lines.append(f"{k}. {_OPS.get(op, op)} {left} and {right}")
+        prev = m.group(4)
+    lines.append(f"{len(steps) + 1}. recompute every line, then state the last result as 'Answer: N'")
+    return " ".join(lines)
+
+
+def rule_skill(group: list[dict]) -> str:
+    """The toy world's skill for one prompt group, from the rule checker's verdicts."""
+    n, ok = len(group), sum(1 for r in group if r.get("correct"))
+    kinds = Counter()
+    for r in group:
+        if r.get("correct") is False:
+            _, et = rule_annotate(r["response"], r.get("reference"), False)
+            kinds[et or "other"] += 1
+    success = (f"{ok} of {n} attempts were correct: they did the operations in the problem's order, one "
+               "per line, and repeated the last result on the Answer line." if ok else
+               f"none of {n} attempts was correct.")
+    mistakes = ("; ".join(f"{c} attempt(s): {k.replace('_', ' ')} error" for k, c in kinds.most_common())
+                if kinds else "no mistakes in this group.")
+    return skill_json(success, mistakes, toy_workflow(group[0].get("reference")))
+
+
+class RuleSkills:
+    provenance = Provenance(source="rule", annotator="rule-skill-toy-v1", extra={"unit": "prompt group"})
+
+    def annotate(self, records: list[dict]) -> list[RowResult]:
+        skill = {g: rule_skill(rows) for g, rows in groups_of(records).items()}
+        return [RowResult(r["rollout_id"], [], None, "ok",
+                          skill=skill[r.get("group_id") or r.get("prompt_id") or r["rollout_id"]])
+                for r in records]
+
+
+# --- through the engine (api / self) ----------------------------------------------------------
+@dataclass
+class ApiSkills:
+    """Skill summaries per prompt group through an OpenAI-compatible endpoint."""
+
+    api: ApiAnnotator  # reuses its engine config, model, params and provenance naming
+    max_attempts_shown: int = 8
+    max_chars: int = 2000
+
+    def __post_init__(self) -> None:
+        self.tpl = load("skill_summary", self.api.prompt_dir)
+        a = self.api
+        self.provenance = Provenance(a.source, a.provenance.annotator, a.model, self.tpl.sha256[:16],
+                                     extra={"prompt_hashes": {"skill_summary": self.tpl.sha256},
+                                            "base_url": public_url(a.engine.base_url), "unit": "prompt group"})
+
+    def body_for(self, group: list[dict]) -> dict:
+        shown = group[: self.max_attempts_shown]
+        attempts = "\n\n".join(
+            f"Attempt {k} ({'correct' if r.get('correct') else 'incorrect'}):\n{r['response'][: self.max_chars]}"
+            for k, r in enumerate(shown, 1))
+        return build_body(self.tpl, self.api.model, self.api.params, prompt=group[0].get("prompt") or "",
+                          reference=group[0].get("reference") or "(none)", attempts=attempts)
+
+    def annotate(self, records: list[dict]) -> list[RowResult]:
+        groups = groups_of(records)
+        bodies = {g: self.body_for(rows) for g, rows in groups.items()}
+        calls, self.summary = run_calls(list(bodies.values()), self.api.engine)
+        per_group: dict[str, RowResult] = {}
+        for g, body in bodies.items():
+            key = request_key(canonical(body))
+            call = calls.get(key)
+            if call is None:
+                per_group[g] = RowResult("", [], None, "skipped", "not sent: --max-cost reached", request_hash=key)
+                continue
+            ev = dict(request_hash=key, raw_response=call.response, prompt_tokens=call.prompt_tokens,
+                      completion_tokens=call.completion_tokens, cost_usd=call.cost_usd)
+            obj, status, err = parse_json(call.content) if call.state == "done" else (None, "failed", call.error)
+            if obj is not None and not all(isinstance(obj.get(k), str) for k in SKILL_KEYS):
+                obj, status, err = None, "failed", f"answer lacks string fields {list(SKILL_KEYS)}"
+            if obj is None:
+                per_group[g] = RowResult("", [], None, "failed", err, **ev)
+            else:
+                per_group[g] = RowResult("", [], None, status, None, skill=skill_json(*(obj[k] for k in SKILL_KEYS)), **ev)
+        out = []
+        for r in records:
+            res = per_group[r.get("group_id") or r.get("prompt_id") or r["rollout_id"]]
+            out.append(RowResult(r["rollout_id"], [], None, res.status, res.error, res.request_hash,
+                                 res.raw_response, res.prompt_tokens, res.completion_tokens, res.cost_usd,
+                                 res.skill if res.status in ("ok", "repaired") else r.get("skill")))
+        return out
+
+
+# --- skill bank with UCB selection ------------------------------------------------------------
+@dataclass
+class Arm:
+    skill: str  # the skill JSON
+    pulls: int = 0
+    reward_sum: float = 0.0
+
+
+@dataclass
+class SkillBank:
+    """Candidate skills per prompt; `select` picks the one the teacher sees by UCB1:
+    mean reward + c * sqrt(ln(total pulls) / pulls), unpulled arms first (in insertion order).
+    Rewards are whatever the trainer reports after using a skill (e.g. the group's mean reward
+    or its improvement); ties break by insertion order, so selection is deterministic."""
+
+    c: float = 1.0
+    arms: dict[str, list[Arm]] = field(default_factory=dict)
+
+    def add(self, prompt_id: str, skill: str) -> None:
+        arms = self.arms.setdefault(prompt_id, [])
+        if all(a.skill != skill for a in arms):
+            arms.append(Arm(skill))
+
+    def select(self, prompt_id: str) -> tuple[int, str] | None:
+        arms = self.arms.get(prompt_id)
+        if not arms:
+            return None
+        for i, a in enumerate(arms):
+            if a.pulls == 0:
+                return i, a.skill
+        total = sum(a.pulls for a in arms)
+        scores = [a.reward_sum / a.pulls + self.c * math.sqrt(math.log(total) / a.pulls) for a in arms]
+        i = max(range(len(arms)), key=lambda k: (scores[k], -k))
+        return i, arms[i].skill
+
+    def update(self, prompt_id: str, index: int, reward: float) -> None:
+        a = self.arms[prompt_id][index]
+        a.pulls += 1
+        a.reward_sum += float(reward)
+
+    @classmethod
+    def from_records(cls, records: list[dict], c: float = 1.0) -> "SkillBank":
+        bank = cls(c=c)
+        for r in records:
+            if r.get("skill"):
+                bank.add(r.get("prompt_id") or r["rollout_id"], r["skill"])
+        return bank
+
+    def save(self, path: str | Path) -> None:
+        data = {"c": self.c, "arms": {p: [a.__dict__ for a in arms] for p, arms in self.arms.items()}}
+        Path(path).write_text(json.dumps(data, ensure_ascii=False, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SkillBank":
+        data = json.loads(Path(path).read_text())
+        return cls(c=data["c"], arms={p: [Arm(**a) for a in arms] for p, arms in data["arms"].items()})
+
+
