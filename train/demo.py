@@ -152,7 +152,8 @@ def compare_plot(out: Path, methods: list[str]) -> Path | None:
     for ax, k in zip(axes, keys):
         ax.set_title(k)
         ax.set_xlabel("step")
-        ax.legend(fontsize=8)
+        if ax.get_lines():
+            ax.legend(fontsize=8)
     fig.tight_layout()
     png = out / "curves.png"
     fig.savefig(png, dpi=80)
@@ -203,7 +204,9 @@ def run_demo(out: str | Path, dc: DemoConfig = DemoConfig(), *, policy: str | No
         log(f"{method}: accuracy {ev['accuracy']:.3f} (baseline {base['accuracy']:.3f}) after {train_s:.0f} s")
     png = compare_plot(out, list(dc.methods))
     seconds = time.perf_counter() - t_all
-    winner = max(results, key=lambda m: results[m]["accuracy"]) if results else None
+    best = max((r["accuracy"] for r in results.values()), default=None)
+    leaders = [m for m, r in results.items() if r["accuracy"] == best]
+    winner = leaders[0] if len(leaders) == 1 else "tie"
     summary = {"baseline": base, "methods": results, "seconds": round(seconds, 1),
                "policy_seconds": round(policy_s, 1), "winner": winner, "plot": str(png) if png else None,
                "config": {**asdict(dc), "methods": list(dc.methods)}, "policy": policy,
