@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from tests.train_fixtures import one_thread
 from train.cli import main
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    yield from one_thread()
 
 
 def test_demo_quick_writes_the_summary(tmp_path, capsys):

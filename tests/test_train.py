@@ -13,9 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.train_fixtures import build_toy_shards, overrides, weights
+from tests.train_fixtures import build_toy_shards, overrides, weights, one_thread
 from train.config import load_config
 from train.recipe import train
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    yield from one_thread()
+
 
 
 @pytest.fixture(scope="module")
