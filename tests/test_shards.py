@@ -11,12 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 
 import train.shards as S
-from tests.train_fixtures import make_policy, toy_rollouts, one_thread
+from tests.train_fixtures import make_policy, one_thread, toy_rollouts
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     yield from one_thread()
-
 
 
 @pytest.fixture(scope="module")

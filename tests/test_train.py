@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.train_fixtures import build_toy_shards, overrides, weights, one_thread
+from tests.train_fixtures import build_toy_shards, one_thread, overrides, weights
 from train.config import load_config
 from train.recipe import train
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     yield from one_thread()
-
 
 
 @pytest.fixture(scope="module")
