@@ -38,10 +38,11 @@ def _init(policy):
     return weights(policy)
 
 
-@pytest.mark.parametrize("method", ["grpo", "trace", "skill_sd", "opd"])
-def test_each_method_changes_weights_with_finite_losses(toy, tmp_path, method):
+@pytest.mark.parametrize("method,sync", [("grpo", "copy"), ("trace", "copy"), ("skill_sd", "live"), ("opd", "ema")])
+def test_each_method_changes_weights_with_finite_losses(toy, tmp_path, method, sync):
     policy, shards = toy
-    _, rows = _run(policy, shards, tmp_path / method, f"method.name={method}", "method.error_channel=true")
+    _, rows = _run(policy, shards, tmp_path / method, f"method.name={method}", "method.error_channel=true",
+                   f"method.teacher_sync={sync}")
     assert len(rows) == 3
     assert all(math.isfinite(r["loss"]) for r in rows)
     before, after = _init(policy), weights(tmp_path / method / "final")
@@ -50,6 +51,22 @@ def test_each_method_changes_weights_with_finite_losses(toy, tmp_path, method):
     if method in ("trace", "opd"):  # the KL channel was on and measured
         assert any(r.get("kl_forward", 0) > 0 or r.get("kl_reverse", 0) > 0 for r in rows)
         assert rows[0]["lambda"] == 0.5
+
+
+def test_live_teacher_equals_a_fresh_copy_on_the_first_step(toy, tmp_path):
+    policy, shards = toy
+    _, live = _run(policy, shards, tmp_path / "live", "method.name=trace", "method.teacher_sync=live", "optim.steps=1")
+    _, copy = _run(policy, shards, tmp_path / "copy", "method.name=trace", "method.teacher_sync=copy", "optim.steps=1")
+    assert live[0]["loss"] == pytest.approx(copy[0]["loss"], abs=1e-6)
+    assert live[0]["kl_forward"] == pytest.approx(copy[0]["kl_forward"], abs=1e-7)
+
+
+def test_every_example_config_loads():
+    from train.config import load_config as load
+
+    for p in (Path(__file__).resolve().parents[1] / "train" / "configs").glob("*.yaml"):
+        cfg = load(p)
+        assert cfg.method.name in ("trace", "grpo", "skill_sd", "opd"), p
 
 
 def test_trace_with_lambda_zero_is_grpo_step_for_step(toy, tmp_path):

@@ -138,6 +138,20 @@ def _rows(s: Scored, rows_N: Tensor, select_BT: Tensor) -> Scored:
                   hidden_NH=s.hidden_NH[rows_N], head=s.head)
 
 
+def _teacher_score(teacher: Teacher, wrapped: nn.Module, model: nn.Module, batch: ScoringBatch,
+                   select_BT: Tensor | None) -> Scored:
+    """Score the teacher batch. A live teacher goes through the wrapped student's own forward
+    (under no_grad), so DDP/FSDP hooks gather sharded weights exactly as for the student."""
+    if teacher.mode != "live":
+        return teacher.score(batch, select_BT)
+    with torch.no_grad():
+        lp_BT, _, hidden_NH = wrapped(batch.input_ids_BL, batch.attention_mask_BL, batch.response_ids_BT,
+                                      batch.response_mask_BT, batch.pred_pos_BT, select_BT)
+    sel = select_BT if select_BT is not None else torch.zeros_like(batch.response_mask_BT)
+    return Scored(logprobs_BT=lp_BT, response_mask_BT=batch.response_mask_BT, select_BT=sel & batch.response_mask_BT,
+                  hidden_NH=hidden_NH, head=model.get_output_embeddings())
+
+
 def _lambda(cfg: TrainConfig, step: int) -> float:
     m = cfg.method
     if m.name == "trace":
@@ -386,6 +400,8 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
     torch.manual_seed(cfg.optim.seed)
     model, tokenizer = setup_model(cfg, device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    if world > 1 and cfg.run.distributed == "fsdp" and cfg.method.teacher_sync != "live":
+        raise ValueError("run.distributed=fsdp needs method.teacher_sync=live (a copied/EMA teacher is not sharded yet)")
     teacher = Teacher(model, mode=cfg.method.teacher_sync, refresh_every=cfg.method.sync_every,
                       ema_decay=cfg.method.ema_decay, chunk_rows=LOGPROB_CHUNK_ROWS)
     wrapped = wrap_distributed(PolicyScorer(model), cfg, world, device)
@@ -446,7 +462,8 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
                     kl_stats: dict[str, float] = {}
                     span_kl_BT = torch.zeros_like(lp_BT)
                     if needs_teacher:
-                        taught = teacher.score(collate(mb_rows, prompt_key, pad_id, device)["batch"], select_BT)
+                        taught = _teacher_score(teacher, wrapped, model, collate(mb_rows, prompt_key, pad_id,
+                                                                                 device)["batch"], select_BT)
                         inputs["teacher_logprobs_BT"] = taught.logprobs_BT
                         if select_BT is not None:
                             student = Scored(logprobs_BT=lp_BT, response_mask_BT=t["response_mask_BT"],
