@@ -41,7 +41,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's train/, not an installed one
 
-FULL = dict(vocab=151_936, hidden=256, layers=2, batch=8, resp_len=1024, student_prompt=32, teacher_prompt=96, chunk_rows=512)
+FULL = dict(vocab=151_936, hidden=256, layers=2, batch=8, resp_len=1024, student_prompt=32, teacher_prompt=96, chunk_rows=0)
+# --quick shrinks the batch 16×, so its chunks shrink too (a chunk as large as the whole batch
+# would measure nothing); the full size uses the library default (2**25 logits per chunk).
 QUICK = dict(vocab=65_536, hidden=256, layers=2, batch=2, resp_len=256, student_prompt=16, teacher_prompt=48, chunk_rows=128)
 
 
@@ -84,6 +86,8 @@ def _setup(cfg: dict):
 
 def _step_gathered(model, student, teacher, span_BT, cfg):
     import torch
+
+    cfg = {**cfg, "chunk_rows": cfg["chunk_rows"] or None}  # 0 → the library default (2**25 logits)
 
     from train.losses import trace_loss
     from train.scoring import rows_to_BT, score, span_kl
@@ -159,7 +163,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller vocabulary (65k) and batch (512 tokens): under a minute")
     for k in FULL:
-        ap.add_argument("--" + k.replace("_", "-"), type=int, default=None, help=f"default {FULL[k]} (quick {QUICK[k]})")
+        ap.add_argument("--" + k.replace("_", "-"), type=int, default=None, help=f"default {FULL[k]} (quick {QUICK[k]}); chunk-rows 0 = library default")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--cfg", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -190,7 +194,7 @@ def main() -> None:
         table.add_row(name, f"{r['peak_mb']:.0f}", f"{r['seconds']:.2f}", f"{r['loss']:.6f}", f"{r['grad_norm']:.6f}")
     console = Console(stderr=False)
     console.print(table)
-    figures = {"bench": "losses", "tokens": B * T, "vocab": V, "hidden": cfg["hidden"], "chunk_rows": cfg["chunk_rows"],
+    figures = {"bench": "losses", "tokens": B * T, "vocab": V, "hidden": cfg["hidden"], "chunk_rows": cfg["chunk_rows"] or 2**25 // V,
                "gathered_peak_mb": round(results["gathered"]["peak_mb"], 1), "gathered_s": round(results["gathered"]["seconds"], 3)}
     if "naive" in results:
         a, b = results["gathered"], results["naive"]

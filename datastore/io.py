@@ -18,6 +18,16 @@ import pyarrow as pa
 from datastore.validate import DataError, Where, python_column
 
 FORMATS = ("hf", "parquet", "jsonl")
+PROGRESS_MIN_BYTES = 64 << 20  # show a progress bar for JSONL work beyond this size
+
+
+def _progress(total: int, what: str):
+    """A transient rich progress bar on stderr, disabled for small jobs."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn(what), BarColumn(), TimeRemainingColumn(), transient=True,
+                    console=Console(stderr=True), disable=total < PROGRESS_MIN_BYTES)
 
 
 def parse_mapping(pairs: list[str] | None) -> dict[str, str | None]:
@@ -46,8 +56,14 @@ def read_jsonl(path: Path, schema: pa.Schema, mapping: dict[str, str | None]) ->
     rows: list[dict] = []
     lines: list[int] = []
     source = str(path)
-    with open(path, encoding="utf-8") as f:
+    size = path.stat().st_size
+    with open(path, encoding="utf-8") as f, _progress(size, f"reading {path.name}") as bar:
+        task = bar.add_task("read", total=size)
+        done = 0
         for n, line in enumerate(f, start=1):
+            done += len(line)  # characters ~ bytes: good enough for a progress bar
+            if n % 10_000 == 0:
+                bar.update(task, completed=done)
             if not line.strip():
                 continue
             try:
@@ -157,10 +173,12 @@ def export_table(table: pa.Table | None, to: Path, format: str, *, hf=None) -> P
 
             pq.write_table(table, tmp)
         else:
-            with open(tmp, "w", encoding="utf-8") as f:
+            with open(tmp, "w", encoding="utf-8") as f, _progress(table.nbytes, f"writing {to.name}") as bar:
+                task = bar.add_task("write", total=table.num_rows)
                 for batch in table.to_batches(max_chunksize=4096):
                     for row in batch.to_pylist():
                         f.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+                    bar.advance(task, batch.num_rows)
         os.replace(tmp, to)
     finally:
         if tmp.exists():

@@ -41,7 +41,7 @@ from datastore.schema import (
     SCHEMA_VERSION,
     TOKEN_COLUMNS,
 )
-from datastore.validate import DataError, Where, check_spans, check_unique, conform_table, type_problem
+from datastore.validate import DataError, Where, check_spans, check_unique, conform_table
 from datastore.verify import VerifyReport, verify_table
 
 TABLE_NAME = "rollouts"
@@ -79,7 +79,10 @@ class Store:
     def _open(self, version: int | str | None = None):
         import lance
 
-        if not Path(self.uri).exists():
+        # A creator killed before its first commit leaves data files but no manifest: that is
+        # still an empty store (the next create ignores the orphans).
+        versions = Path(self.uri) / "_versions"
+        if not versions.is_dir() or not any(versions.glob("*.manifest")):
             return None
         return lance.dataset(self.uri, version=version)
 
@@ -148,8 +151,15 @@ class Store:
         raise StoreError(f"{what}: gave up after {MAX_COMMIT_TRIES} commit conflicts ({last})")
 
     def _properties(self, lineage: Lineage | None, message: str, **filled) -> dict[str, str]:
+        lineage = lineage or Lineage()
+        if lineage.parent_version is not None and "parent_version" in filled:
+            # The caller derived its data from an older version: keep that as the parent and
+            # record the version the commit was actually built on.
+            read_version = filled.pop("parent_version")
+            if read_version != lineage.parent_version:
+                filled["extra"] = {**filled.get("extra", lineage.extra), "read_version": read_version}
         lin = replace(
-            lineage or Lineage(),
+            lineage,
             message=message,
             schema_version=SCHEMA_VERSION,
             created_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
@@ -187,7 +197,7 @@ class Store:
             tbl = conform_table(table, target, where, required=REQUIRED_COLUMNS)
             ids = tbl.column("rollout_id").chunk(0)
             check_unique(ids, where, tbl)
-            check_spans(tbl.column("spans").chunk(0), tbl.column("response").to_pylist(), where, tbl)
+            check_spans(tbl.column("spans").chunk(0), tbl.column("response").chunk(0), where, tbl)
             rows_before = 0
             if ds is not None:
                 rows_before = ds.count_rows()
@@ -208,16 +218,7 @@ class Store:
                 rows_before=rows_before,
             )
             if ds is None:
-                self.path.mkdir(parents=True, exist_ok=True)
-                try:
-                    new = lance.write_dataset(
-                        tbl, self.uri, schema=tbl.schema, mode="create", transaction_properties=props
-                    )
-                except OSError as e:
-                    if "already exists" in str(e):  # another writer created it first: append instead
-                        raise _CreateRace(str(e)) from e
-                    raise
-                return new.version
+                return self._create(tbl, props)
             txn = lance.fragment.write_fragments(tbl, ds, schema=ds.schema, return_transaction=True)
             txn.transaction_properties = props
             return lance.LanceDataset.commit(self.uri, txn).version
@@ -241,6 +242,24 @@ class Store:
         lin = lineage or Lineage(stage="import")
         lin = replace(lin, extra={**lin.extra, "source": str(src), "mapping": mapping or {}})
         return self.write(table, message or f"import {src}", lin, where=where)
+
+    def _create(self, tbl: pa.Table, props: dict[str, str]) -> int:
+        """Commit version 1. Lance would rebase a losing Overwrite on top of the winner (replacing
+        its rows), so the create commit gets no retries: the loser of a create race fails here and
+        the commit loop appends instead."""
+        import lance
+        from lance.dataset import LanceOperation, Transaction
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            frags = lance.fragment.write_fragments(tbl, self.uri, schema=tbl.schema, mode="create")
+            txn = Transaction(read_version=0, operation=LanceOperation.Overwrite(tbl.schema, frags),
+                              transaction_properties=props)
+            return lance.LanceDataset.commit(self.uri, txn, max_retries=0).version
+        except OSError as e:
+            if self._open() is not None:
+                raise _CreateRace(str(e)) from e
+            raise
 
     # ---- update --------------------------------------------------------------------------------
 
@@ -274,9 +293,11 @@ class Store:
             sub = pa.schema([ds.schema.field("rollout_id")] + [ds.schema.field(c) for c in cols])
             tbl = conform_table(table, sub, where, required=("rollout_id",))
             idx = self._index_existing(ds, tbl, where, "update")
+            if lineage is not None and lineage.parent_version is not None:
+                self._refuse_lost_update(ds, tbl, cols, lineage.parent_version)
             if "spans" in cols:
-                responses = ds.to_table(columns=["response"]).column("response").take(idx)
-                check_spans(tbl.column("spans").chunk(0), responses.to_pylist(), where, tbl)
+                responses = ds.take(idx.to_numpy(zero_copy_only=False), columns=["response"]).column("response")
+                check_spans(tbl.column("spans").chunk(0), responses.combine_chunks(), where, tbl)
             builder = (
                 ds.merge_insert("rollout_id").when_matched_update_all().write_mode("rewrite_columns")
             )
@@ -348,6 +369,38 @@ class Store:
             return lance.LanceDataset.commit(self.uri, txn).version
 
         return self._commit_loop("add_columns", attempt)
+
+    def _refuse_lost_update(self, ds, tbl: pa.Table, cols: list[str], base: int) -> None:
+        """Optimistic check for read-modify-write callers (``lineage.parent_version`` = the version
+        they read): refuse if any updated cell of these rows changed after ``base``, instead of
+        silently overwriting another annotator's work."""
+        from datastore.diff import rows_equal
+
+        if base == ds.version:
+            return
+        old = self._open(self.resolve(base))
+        old_ids = old.to_table(columns=["rollout_id"]).column("rollout_id").combine_chunks()
+        ids = tbl.column("rollout_id").chunk(0)
+        in_old = pc.index_in(ids, value_set=old_ids)
+        keep = pc.is_valid(in_old)
+        if not pc.any(keep).as_py():
+            return
+        new_ids = ds.to_table(columns=["rollout_id"]).column("rollout_id").combine_chunks()
+        at_old = pc.filter(in_old, keep).to_numpy(zero_copy_only=False)
+        at_new = pc.index_in(pc.filter(ids, keep), value_set=new_ids).to_numpy(zero_copy_only=False)
+        for c in cols:
+            if c not in old.schema.names:
+                continue
+            a = old.take(at_old, columns=[c]).column(c).combine_chunks()
+            b = ds.take(at_new, columns=[c]).column(c).combine_chunks()
+            eq = rows_equal(a, b)
+            if not eq.all():
+                rid = pc.filter(ids, keep)[int(np.flatnonzero(~eq)[0])].as_py()
+                raise StoreError(
+                    f"update based on version {base} would overwrite a later change: column '{c}' "
+                    f"of rollout_id={rid!r} changed between version {base} and {ds.version}; "
+                    f"re-read version {ds.version} and redo the update"
+                )
 
     @staticmethod
     def _check_keyed(table: pa.Table, where: Where, what: str) -> None:

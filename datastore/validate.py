@@ -255,15 +255,18 @@ def span_problem(response: str | None, span: dict) -> str | None:
     return None
 
 
-def check_spans(
-    spans: pa.Array, responses: list[str | None], locate: Where, table: pa.Table | None = None
-) -> None:
-    """Every span: in range, non-empty, ``response[start:end] == text``, label and source allowed."""
+def check_spans(spans: pa.Array, responses: pa.Array, locate: Where, table: pa.Table | None = None) -> None:
+    """Every span: in range, non-empty, ``response[start:end] == text``, label and source allowed.
+    Only rows that carry spans are converted to Python (responses can be large)."""
     if spans.null_count == len(spans):
         return
     lengths = pc.fill_null(pc.list_value_length(spans), 0).to_numpy(zero_copy_only=False)
-    for i in np.flatnonzero(lengths):
-        for j, span in enumerate(spans[int(i)].as_py()):
-            problem = span_problem(responses[int(i)], span)
+    rows = np.flatnonzero(lengths)
+    if not len(rows):
+        return
+    sel = pa.array(rows)
+    for i, sp, resp in zip(rows, spans.take(sel).to_pylist(), responses.take(sel).to_pylist()):
+        for j, span in enumerate(sp):
+            problem = span_problem(resp, span)
             if problem:
                 raise DataError(f"{_where(locate, table, int(i))}: column 'spans'[{j}]: {problem}")

@@ -139,8 +139,9 @@ def test_update_and_add_columns_never_touch_token_files(store):
     tokens_before = _token_files(store, 2)
     assert tokens_before and tokens_before <= set(before)
     rows = make_rows(80)
-    new_spans = [[span(r["response"], r["response"][:3], "key", "api", "gpt")] for r in rows[1::2]]
-    v3 = store.update(pa.table({"rollout_id": [r["rollout_id"] for r in rows[1::2]],
+    targets = rows[1::2][::-1]  # any order: matched by rollout_id
+    new_spans = [[span(r["response"], r["response"][-3:], "key", "api", "gpt")] for r in targets]
+    v3 = store.update(pa.table({"rollout_id": [r["rollout_id"] for r in targets],
                                 "spans": pa.array(new_spans, ROLLOUT_SCHEMA.field("spans").type),
                                 "error_type": ["e"] * 40}), "ann", Lineage(stage="annotate", annotator="gpt"))
     v4 = store.add_columns(pa.table({"rollout_id": ["r00005"], "judge_score": pa.array([0.9], pa.float32())}))
@@ -152,7 +153,7 @@ def test_update_and_add_columns_never_touch_token_files(store):
     t = store.read()
     assert t.column("error_type").to_pylist()[:2] == ["arithmetic", "e"]  # other rows keep theirs
     assert t.column("spans").to_pylist()[0] == rows[0]["spans"]
-    assert t.column("spans").to_pylist()[1] == new_spans[0]
+    assert t.column("spans").to_pylist()[1] == new_spans[-1]
     assert t.column("response_token_ids").to_pylist() == [r["response_token_ids"] for r in rows]
     assert store.verify().ok
 
@@ -315,3 +316,33 @@ def test_empty_store_reads_clearly(store):
         store.read()
     with pytest.raises(DataError, match="no rows"):
         store.write(make_table(0))
+
+
+def test_update_from_an_old_version_refuses_to_overwrite_a_later_change(store):
+    store.write(make_table(4), "w1")
+    a = pa.table({"rollout_id": ["r00001"], "error_type": ["by-a"]})
+    b = pa.table({"rollout_id": ["r00001"], "error_type": ["by-b"]})
+    assert store.update(a, "a", Lineage(stage="annotate", annotator="a", parent_version=1)) == 2
+    with pytest.raises(StoreError, match="column 'error_type' of rollout_id='r00001' changed between version 1 and 2"):
+        store.update(b, "b", Lineage(stage="annotate", annotator="b", parent_version=1))
+    # other rows and other columns read at v1 are still fine, and the parent is kept in lineage
+    c = pa.table({"rollout_id": ["r00002"], "error_type": ["by-c"]})
+    assert store.update(c, "c", Lineage(stage="annotate", parent_version=1)) == 3
+    lin = store.versions()[-1].lineage
+    assert lin["parent_version"] == 1 and lin["extra"]["read_version"] == 2
+    assert store.read().column("error_type").to_pylist()[1:3] == ["by-a", "by-c"]
+
+
+def test_create_race_loser_appends_instead_of_overwriting(store, monkeypatch):
+    store.write(make_table(3), "winner")
+    loser = Store(store.path)
+    real_open, calls = loser._open, []
+
+    def stale_once(version=None):  # fault injection: the loser saw an empty store a moment ago
+        calls.append(version)
+        return None if len(calls) == 1 else real_open(version)
+
+    monkeypatch.setattr(loser, "_open", stale_once)
+    assert loser.write(make_table(2, 3), "loser") == 2
+    assert store.read(1).num_rows == 3 and store.read().num_rows == 5
+    assert [i.message for i in store.versions()] == ["winner", "loser"]

@@ -54,7 +54,13 @@ from datastore import Store
 from tests.datastore_fixtures import make_table
 store_dir, mode, marker = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 store = Store(store_dir)
-if mode in ("write", "update"):
+if mode == "create":
+    # What a creator killed between writing its data files and its first commit leaves behind.
+    lance.fragment.write_fragments(make_table(500), store.uri)
+    assert list(Path(store.uri).glob("data/*.lance")), "no orphan data files were written"
+    marker.write_text("files written, no manifest")
+    time.sleep(600)
+elif mode in ("write", "update"):
     # Fault injection: data files are on disk, the commit is about to happen -> stall there.
     def stall(*a, **k):
         marker.write_text("about to commit")
@@ -112,6 +118,17 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
         assert proc.poll() is None, proc.communicate()[0].decode()
         assert time.time() < deadline, "worker never reached the kill point"
         time.sleep(0.02)
+
+
+def test_creator_killed_before_its_first_commit_leaves_a_usable_empty_store(tmp_path):
+    store = Store(tmp_path / "store")
+    marker = tmp_path / "marker"
+    p = _spawn(KILLED, store.path, "create", marker)
+    _wait_for(marker, p)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait(timeout=30)
+    assert store.latest_version() is None and store.versions() == []
+    assert store.write(make_table(3), message="first") == 1 and store.read().num_rows == 3
 
 
 def test_writer_killed_mid_write_leaves_previous_version_intact(tmp_path):

@@ -304,3 +304,15 @@ def test_registry_and_call_loss():
         call_loss("ppo")
     _, m = call_loss("trace", **_inputs())
     assert all(isinstance(v, float) for v in m.values())
+
+
+def test_bfloat16_inputs_reduce_in_float32():
+    torch.manual_seed(4)
+    t, s = torch.randn(3, 1000), torch.randn(3, 1000)
+    for fn in (forward_kl, reverse_kl):
+        out = fn(t.bfloat16(), s.bfloat16())
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, fn(t.bfloat16().float(), s.bfloat16().float()))
+    inp = {k: (v.detach().bfloat16() if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in _inputs().items()}
+    loss, _ = call_loss("trace", **inp)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)

@@ -58,7 +58,7 @@ app.add_typer(shards_app, name="shards", help="Turn a datastore version into spa
 app.command("train", help="Train with TRACE, Skill-SD, GRPO or all-token OPD from a YAML config.")(train)
 app.command("demo", help="Run the whole flow on the embedded toy world (no GPU, key or server).")(demo)
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # one error, one line: never wrap it
 
 
 def main(argv: list[str] | None = None) -> int:

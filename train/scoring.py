@@ -4,7 +4,7 @@ A scoring batch is prompt ids + the student's response ids, right-padded. For ea
 we take the final hidden state that predicts it (position `prompt_len − 1 + t`) and apply the LM
 head only where needed:
 
-- sampled-token log-probs for every response position, in row chunks of `chunk_rows`;
+- sampled-token log-probs for every response position, in row chunks of `chunk_rows` (default: 2**25 logits per chunk);
 - full distributions only at requested positions (e.g. span tokens): the hidden states there are
   gathered *before* the LM head, and KLs against a teacher are computed chunk by chunk
   (`span_kl`).
@@ -26,7 +26,19 @@ from torch.utils.checkpoint import checkpoint
 
 from train.losses import forward_kl, reverse_kl, topk_forward_kl, topk_reverse_kl
 
-DEFAULT_CHUNK_ROWS = 1024
+# Row chunks are sized by elements so memory does not depend on the vocabulary: 2**25 float32
+# logits = 128 MiB per [chunk, V] temporary (≈ 220 rows at V = 152k, 4096 rows at V = 8k).
+CHUNK_ELEMENTS = 2**25
+DEFAULT_CHUNK_ROWS: int | None = None  # None: CHUNK_ELEMENTS // V rows
+
+
+def resolve_chunk_rows(chunk_rows: int | None, head: object) -> int:
+    """`chunk_rows` if given, else CHUNK_ELEMENTS // V (V read off the LM head), at least 1."""
+    if chunk_rows is not None:
+        return max(1, int(chunk_rows))
+    weight = getattr(head, "weight", None)
+    vocab = int(weight.shape[0]) if isinstance(weight, Tensor) else int(getattr(head, "out_features", 1) or 1)
+    return max(1, CHUNK_ELEMENTS // vocab)
 
 
 @dataclass(frozen=True)
@@ -103,10 +115,11 @@ class Scored:
     topk_logprobs_NK: Tensor | None = None
     topk_ids_NK: Tensor | None = None
 
-    def full_logprobs_NV(self, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Tensor:
+    def full_logprobs_NV(self, chunk_rows: int | None = DEFAULT_CHUNK_ROWS) -> Tensor:
         """Materialise the [N, V] log-probs at the selected rows (small N only: tests, debugging)."""
         if self.hidden_NH is None or self.head is None:
             raise ValueError("Scored.full_logprobs_NV: this scorer returned top-k only")
+        chunk_rows = resolve_chunk_rows(chunk_rows, self.head)
         parts = [torch.log_softmax(self.head(h).float(), dim=-1) for h in self.hidden_NH.split(chunk_rows)]
         return torch.cat(parts) if parts else self.hidden_NH.new_zeros((0, 0))
 
@@ -138,7 +151,7 @@ def chunked_token_logprobs(
     hidden_MH: Tensor,
     ids_M: Tensor,
     head: Callable[[Tensor], Tensor],
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
     entropy: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """log p(ids) (nats) per row, and optionally the detached entropy, one row chunk at a time."""
@@ -154,6 +167,7 @@ def chunked_token_logprobs(
             ent = -(logp.exp() * logp).sum(-1)
         return lp, ent
 
+    chunk_rows = resolve_chunk_rows(chunk_rows, head)
     lps, ents = [], []
     for h, ids in zip(hidden_MH.split(chunk_rows), ids_M.split(chunk_rows)):
         lp, ent = _maybe_checkpoint(one, h, ids)  # type: ignore[misc]
@@ -165,8 +179,9 @@ def chunked_token_logprobs(
 
 
 @torch.no_grad()
-def chunked_topk(hidden_NH: Tensor, head: Callable[[Tensor], Tensor], k: int, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple[Tensor, Tensor]:
+def chunked_topk(hidden_NH: Tensor, head: Callable[[Tensor], Tensor], k: int, chunk_rows: int | None = DEFAULT_CHUNK_ROWS) -> tuple[Tensor, Tensor]:
     """Top-k log-probs (nats, normalised over the full vocabulary) and ids per row: [N, K] each."""
+    chunk_rows = resolve_chunk_rows(chunk_rows, head)
     vals, ids = [], []
     for h in hidden_NH.split(chunk_rows):
         logp = torch.log_softmax(head(h).float(), dim=-1)
@@ -189,7 +204,7 @@ def score(
     batch: ScoringBatch,
     select_BT: Tensor | None = None,
     topk: int | None = None,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
     entropy: bool = False,
     token_logprobs: bool = True,
 ) -> Scored:
@@ -234,7 +249,7 @@ def span_kl(
     term_clip: float | None = None,
     topk: int | None = None,
     tail: bool = False,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
 ) -> Tensor:
     """Per-row KL (nats) at the selected positions, [N], gradient through the student only.
 
@@ -277,6 +292,7 @@ def span_kl(
             return topk_forward_kl(t, ids, s_logits, tail=tail, term_clip=term_clip)  # type: ignore[arg-type]
         return topk_reverse_kl(t, s_logits, teacher_ids_NK=ids, term_clip=term_clip)
 
+    chunk_rows = resolve_chunk_rows(chunk_rows, s_head)
     parts = []
     for i in range(0, s_h.shape[0], chunk_rows):
         sl = slice(i, i + chunk_rows)

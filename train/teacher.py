@@ -114,7 +114,7 @@ class Teacher:
     MODES = ("live", "copy", "ema")
 
     def __init__(self, student: nn.Module, mode: str = "copy", refresh_every: int = 10, ema_decay: float = 0.99,
-                 chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
+                 chunk_rows: int | None = DEFAULT_CHUNK_ROWS) -> None:
         if mode not in self.MODES:
             raise ValueError(f"teacher mode must be one of {', '.join(self.MODES)}, not {mode!r}")
         if refresh_every < 1 or not 0.0 <= ema_decay <= 1.0:
