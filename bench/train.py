@@ -5,7 +5,8 @@ same synthetic shards (random tokens, 25% of response tokens in key spans of cor
 error spans of incorrect ones, teacher prompt 64 tokens longer than the student's). Time is the
 median per-step wall time after a warm-up step; memory is the step's peak over the process's
 memory after setup (CPU: peak RSS from ``getrusage`` minus the RSS of a zero-step run; CUDA:
-``max_memory_allocated``). TRACE runs with λ > 0 (its teacher forward and span KL are on), OPD
+``max_memory_allocated``); torch runs on one thread (BENCH_THREADS) so a busy machine disturbs
+the ratios less. TRACE runs with λ > 0 (its teacher forward and span KL are on), OPD
 puts the KL channel on every response token.
 
     python bench/train.py            # vocab 151936, hidden 256, 2 layers, 8 × 512 response tokens
@@ -76,7 +77,7 @@ def child(d: Path, method: str, steps: int, groups: int) -> dict:
     from train.config import load_config
     from train.recipe import train
 
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     cuda = torch.cuda.is_available()
     cfg = load_config(None, [
         f"model.path={d / 'model'}", f"data.shards={d / 'shards'}", f"data.groups_per_step={groups}",

@@ -68,10 +68,11 @@ class PolicyScorer(nn.Module):
         self.lm = lm
 
     def forward(self, input_ids_BL: Tensor, attention_mask_BL: Tensor, response_ids_BT: Tensor,
-                response_mask_BT: Tensor, pred_pos_BT: Tensor, select_BT: Tensor | None = None
-                ) -> tuple[Tensor, Tensor, Tensor]:
+                response_mask_BT: Tensor, pred_pos_BT: Tensor, select_BT: Tensor | None = None,
+                token_logprobs: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
         batch = ScoringBatch(input_ids_BL, attention_mask_BL, response_ids_BT, response_mask_BT, pred_pos_BT)
-        s = score(self.lm, batch, select_BT=select_BT, entropy=True, chunk_rows=LOGPROB_CHUNK_ROWS)
+        s = score(self.lm, batch, select_BT=select_BT, entropy=token_logprobs, chunk_rows=LOGPROB_CHUNK_ROWS,
+                  token_logprobs=token_logprobs)
         return s.logprobs_BT, s.entropy_BT, s.hidden_NH
 
 
@@ -139,14 +140,15 @@ def _rows(s: Scored, rows_N: Tensor, select_BT: Tensor) -> Scored:
 
 
 def _teacher_score(teacher: Teacher, wrapped: nn.Module, model: nn.Module, batch: ScoringBatch,
-                   select_BT: Tensor | None) -> Scored:
-    """Score the teacher batch. A live teacher goes through the wrapped student's own forward
-    (under no_grad), so DDP/FSDP hooks gather sharded weights exactly as for the student."""
+                   select_BT: Tensor | None, token_logprobs: bool) -> Scored:
+    """Score the teacher batch: sampled-token log-probs only when the loss uses them (Skill-SD),
+    hidden states at the KL positions. A live teacher goes through the wrapped student's own
+    forward (under no_grad), so DDP/FSDP hooks gather sharded weights exactly as for the student."""
     if teacher.mode != "live":
-        return teacher.score(batch, select_BT)
+        return teacher.score(batch, select_BT, token_logprobs=token_logprobs)
     with torch.no_grad():
         lp_BT, _, hidden_NH = wrapped(batch.input_ids_BL, batch.attention_mask_BL, batch.response_ids_BT,
-                                      batch.response_mask_BT, batch.pred_pos_BT, select_BT)
+                                      batch.response_mask_BT, batch.pred_pos_BT, select_BT, token_logprobs)
     sel = select_BT if select_BT is not None else torch.zeros_like(batch.response_mask_BT)
     return Scored(logprobs_BT=lp_BT, response_mask_BT=batch.response_mask_BT, select_BT=sel & batch.response_mask_BT,
                   hidden_NH=hidden_NH, head=model.get_output_embeddings())
@@ -463,7 +465,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
                     span_kl_BT = torch.zeros_like(lp_BT)
                     if needs_teacher:
                         taught = _teacher_score(teacher, wrapped, model, collate(mb_rows, prompt_key, pad_id,
-                                                                                 device)["batch"], select_BT)
+                                                device)["batch"], select_BT, token_logprobs=method == "skill_sd")
                         inputs["teacher_logprobs_BT"] = taught.logprobs_BT
                         if select_BT is not None:
                             student = Scored(logprobs_BT=lp_BT, response_mask_BT=t["response_mask_BT"],
