@@ -118,11 +118,12 @@ def test_resume_refuses_a_different_experiment(toy, tmp_path):
         _run(policy, shards, tmp_path / "r", "optim.steps=2", "method.name=grpo")
 
 
-def test_two_gloo_processes_equal_one_process(toy, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_gloo_processes_equal_one_process(toy, tmp_path, strategy):
     policy, shards = toy
-    extra = ("method.name=trace", "method.error_channel=true", "data.groups_per_step=2", "optim.steps=2")
+    extra = ("method.name=trace", "method.error_channel=true", "method.teacher_sync=live", "optim.steps=2")
     _, single = _run(policy, shards, tmp_path / "single", *extra)
-    args = overrides(policy, shards, tmp_path / "ddp", *extra)
+    args = overrides(policy, shards, tmp_path / "ddp", *extra, f"run.distributed={strategy}")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "train.cli", "train", "--quiet", *args]
