@@ -35,7 +35,8 @@ class DemoConfig:
     steps_per_round: int = 4
     groups_per_step: int = 8
     micro_batch_size: int = 64
-    lr: float = 1e-4
+    lr: float = 3e-5  # 1e-4 collapsed both arms on the toy policy (see README: The demo)
+    term_clip: float | None = 0.05  # TRACE's pointwise clip of each vocabulary KL term
     max_new_tokens: int = 48
     eval_problems: int = 200
     eval_samples: int = 4
@@ -54,7 +55,8 @@ def train_config(method: str, policy: str, out: Path, dc: DemoConfig) -> Any:
         "model": {"path": policy},
         "data": {"groups_per_step": dc.groups_per_step, "micro_batch_size": dc.micro_batch_size, "seed": dc.seed},
         "method": {"name": method, "key_channel": True, "error_channel": True,
-                   "kl_hold": min(10, steps), "kl_end": min(40, steps), "teacher_sync": "copy", "sync_every": 10},
+                   "kl_hold": min(10, steps), "kl_end": min(40, steps), "teacher_sync": "copy", "sync_every": 10,
+                   "term_clip": dc.term_clip},
         "optim": {"lr": dc.lr, "steps": steps, "seed": dc.seed},
         "run": {"out": str(out / method), "device": "cpu", "checkpoint_every": 0},
     })
