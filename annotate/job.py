@@ -9,7 +9,7 @@ whose lineage names the annotator, the model, the prompt hash and the parent ver
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 
@@ -49,6 +49,33 @@ def checked(rec: dict, res: RowResult, max_fraction: float | None = 0.25) -> Row
     return replace(res, spans=kept, status="repaired", error=error_msg)
 
 
+@dataclass(frozen=True)
+class AnnotateBatch:
+    """The one per-batch function every executor runs: annotate, then validate each row's spans
+    (`checked`). Picklable, so Ray actors run exactly this."""
+
+    annotator: Annotator
+    check: bool = True
+
+    def __call__(self, records: list[dict]) -> list[RowResult]:
+        results = self.annotator.annotate(records)
+        return [checked(rec, res) for rec, res in zip(records, results)] if self.check else results
+
+
+def _map(store, annotator, limit, executor, *, version=None, check=True, group_key=None):
+    """(records, results) of `version`, through `executor` (None: read here and annotate in-process,
+    exactly as before executors existed)."""
+    if executor is None:
+        parent, records = read_records(store, version, limit)
+        return parent, records, AnnotateBatch(annotator, check)(records)
+    parent = store.latest_version() if version is None else store.resolve(version)
+    if parent is None:
+        raise ValueError(f"store {store.uri} is empty: import or generate rollouts first")
+    records, results = executor.map_rows(store, parent, READ_COLUMNS, AnnotateBatch(annotator, check),
+                                         limit=limit, group_key=group_key)
+    return parent, records, results
+
+
 def update_table(records: list[dict], results: list[RowResult], prov: Provenance,
                  with_skill: bool = False) -> pa.Table:
     """rollout_id + spans, error_type, annotation (+ skill) for `store.update`."""
@@ -83,33 +110,40 @@ def counts(results: list[RowResult]) -> dict[str, int]:
 def lineage_for(prov: Provenance, stage: str, parent: int, results: list[RowResult], extra: dict | None = None):
     from datastore import Lineage
 
+    # parent_version arms the store's lost-update guard: if another writer changed these rows
+    # after we read `parent`, the update is refused instead of silently overwriting them.
     return Lineage(
         stage=stage, model=prov.model, annotator=prov.annotator, prompt_hash=prov.prompt_hash,
-        extra={"source": prov.source, "parent_version": parent, "rows": len(results),
+        parent_version=parent,
+        extra={"source": prov.source, "rows": len(results),
                "status_counts": counts(results), **prov.extra, **(extra or {})},
     )
 
 
 def annotate_store(store, annotator: Annotator, version=None, *, limit: int | None = None,
-                   extra: dict | None = None) -> tuple[int, list[RowResult]]:
+                   extra: dict | None = None, executor=None) -> tuple[int, list[RowResult]]:
     """Annotate every row of `version` (default latest) and write one new version. Returns
-    (new version, results)."""
-    parent, records = read_records(store, version, limit)
-    results = [checked(rec, res) for rec, res in zip(records, annotator.annotate(records))]
+    (new version, results). `executor` (annotate/executor.py) decides where batches run; the
+    commit below is the single committer either way."""
+    parent, records, results = _map(store, annotator, limit, executor, version=version)
     prov = annotator.provenance
     c = counts(results)
     message = (f"annotate {prov.annotator} on v{parent}: "
                + ", ".join(f"{n} {k}" for k, n in sorted(c.items())))
+    # engine totals (usage, cost) once the job ran: merged over Ray batches, or the annotator's own
+    summary = getattr(executor, "summary", None) or getattr(annotator, "summary", None)
+    run = {"run": summary if isinstance(summary, dict) else summary.as_dict()} if summary else {}
     v = store.update(update_table(records, results, prov), message=message,
-                     lineage=lineage_for(prov, "annotate", parent, results, extra))
+                     lineage=lineage_for(prov, "annotate", parent, results, {**run, **(extra or {})}))
     return v, results
 
 
 def skills_store(store, extractor: Annotator, version=None, *, limit: int | None = None,
-                 extra: dict | None = None) -> tuple[int, list[RowResult]]:
-    """Write the `skill` column of `version` as a new version (spans and evidence untouched)."""
-    parent, records = read_records(store, version, limit)
-    results = extractor.annotate(records)
+                 extra: dict | None = None, executor=None) -> tuple[int, list[RowResult]]:
+    """Write the `skill` column of `version` as a new version (spans and evidence untouched).
+    With an `executor`, each prompt group goes to one batch."""
+    parent, records, results = _map(store, extractor, limit, executor, check=False,
+                                    group_key="group_id", version=version)
     prov = extractor.provenance
     table = pa.table({
         "rollout_id": pa.array([r["rollout_id"] for r in records], pa.string()),

@@ -11,8 +11,9 @@ that arrived but was not yet committed when the process died is lost; on resume 
 ``inflight`` and is re-sent with the same ``Idempotency-Key`` header (the request hash). A server
 that honours idempotency keys (the scripted test server does, as do many gateways) replays the
 stored answer without charging; one that does not will answer - and bill - again. The resume
-reports how many keys were in flight (`resent_after_crash`): that count bounds the possible
-double payment, and is at most concurrency + one flush batch.
+reports how many keys were marked in flight (`resent_after_crash`, an upper bound: marks are
+committed a chunk ahead, so some were queued, not sent). The requests that can really be paid
+twice are those sent and not yet committed: at most the concurrency plus one commit batch.
 """
 
 from __future__ import annotations

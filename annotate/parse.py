@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from annotate.prompts import ERROR_TYPES
+from annotate.templates import ERROR_TYPES
 from annotate.spans_adapter import Seg, locate, segments
 from spans.model import Span
 

@@ -42,6 +42,7 @@ class FaultPlan:
     retry_after_s: float = 0.05
     faulty_attempts: int = 2
     seed: int = 0
+    ratelimit_every: int = 0  # every Nth answer says x-ratelimit-remaining-requests: 0 (reset 20ms)
 
     def draw(self, key: str, attempt: int) -> str | None:
         if attempt > self.faulty_attempts:
@@ -130,6 +131,7 @@ class _State:
     answers: dict[str, bytes] = field(default_factory=dict)
     computing: set[str] = field(default_factory=set)
     log_path: str | None = None
+    n_answers: int = 0
 
 
 async def handle(state: _State, raw: bytes, idem_key: str | None, log) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
@@ -178,6 +180,10 @@ async def handle(state: _State, raw: bytes, idem_key: str | None, log) -> tuple[
         log(key, attempt, "answered")
     finally:
         state.computing.discard(key)
+    state.n_answers += 1
+    every = state.faults.ratelimit_every
+    if every and state.n_answers % every == 0:
+        return 200, answer, [(b"x-ratelimit-remaining-requests", b"0"), (b"x-ratelimit-reset-requests", b"20ms")]
     return 200, answer, []
 
 

@@ -18,18 +18,27 @@ from annotate.api import ApiAnnotator, build_body, public_url
 from annotate.engine import request_key, run_calls
 from annotate.journal import canonical
 from annotate.parse import parse_json
-from annotate.prompts import load
+from annotate.templates import load
 from annotate.protocol import Provenance, RowResult
 from annotate.rule import STEP, rule_annotate
 
 SKILL_KEYS = ("success_analysis", "mistake_analysis", "golden_workflow")
 
 
-def groups_of(records: list[dict]) -> dict[str, list[dict]]:
-    """Rows by prompt group (`group_id`, else `prompt_id`), in first-seen order."""
+def unit_of(r: dict, per: str) -> str:
+    """The extraction unit of a row: its prompt group (`group_id`, else `prompt_id`) or itself."""
+    if per == "rollout":
+        return r["rollout_id"]
+    return r.get("group_id") or r.get("prompt_id") or r["rollout_id"]
+
+
+def groups_of(records: list[dict], per: str = "group") -> dict[str, list[dict]]:
+    """Rows by extraction unit, in first-seen order."""
+    if per not in ("group", "rollout"):
+        raise ValueError(f"per must be 'group' or 'rollout', not {per!r}")
     out: dict[str, list[dict]] = defaultdict(list)
     for r in records:
-        out[r.get("group_id") or r.get("prompt_id") or r["rollout_id"]].append(r)
+        out[unit_of(r, per)].append(r)
     return dict(out)
 
 
@@ -75,13 +84,13 @@ def rule_skill(group: list[dict]) -> str:
 
 
 class RuleSkills:
-    provenance = Provenance(source="rule", annotator="rule-skill-toy-v1", extra={"unit": "prompt group"})
+    def __init__(self, per: str = "group"):
+        self.per = per
+        self.provenance = Provenance(source="rule", annotator="rule-skill-toy-v1", extra={"unit": per})
 
     def annotate(self, records: list[dict]) -> list[RowResult]:
-        skill = {g: rule_skill(rows) for g, rows in groups_of(records).items()}
-        return [RowResult(r["rollout_id"], [], None, "ok",
-                          skill=skill[r.get("group_id") or r.get("prompt_id") or r["rollout_id"]])
-                for r in records]
+        skill = {g: rule_skill(rows) for g, rows in groups_of(records, self.per).items()}
+        return [RowResult(r["rollout_id"], [], None, "ok", skill=skill[unit_of(r, self.per)]) for r in records]
 
 
 # --- through the engine (api / self) ----------------------------------------------------------
@@ -90,6 +99,7 @@ class ApiSkills:
     """Skill summaries per prompt group through an OpenAI-compatible endpoint."""
 
     api: ApiAnnotator  # reuses its engine config, model, params and provenance naming
+    per: str = "group"  # group: one skill per prompt group | rollout: one per rollout
     max_attempts_shown: int = 8
     max_chars: int = 2000
 
@@ -98,7 +108,7 @@ class ApiSkills:
         a = self.api
         self.provenance = Provenance(a.source, a.provenance.annotator, a.model, self.tpl.sha256[:16],
                                      extra={"prompt_hashes": {"skill_summary": self.tpl.sha256},
-                                            "base_url": public_url(a.engine.base_url), "unit": "prompt group"})
+                                            "base_url": public_url(a.engine.base_url), "unit": self.per})
 
     def body_for(self, group: list[dict]) -> dict:
         shown = group[: self.max_attempts_shown]
@@ -109,7 +119,7 @@ class ApiSkills:
                           reference=group[0].get("reference") or "(none)", attempts=attempts)
 
     def annotate(self, records: list[dict]) -> list[RowResult]:
-        groups = groups_of(records)
+        groups = groups_of(records, self.per)
         bodies = {g: self.body_for(rows) for g, rows in groups.items()}
         calls, self.summary = run_calls(list(bodies.values()), self.api.engine)
         per_group: dict[str, RowResult] = {}
@@ -130,7 +140,7 @@ class ApiSkills:
                 per_group[g] = RowResult("", [], None, status, None, skill=skill_json(*(obj[k] for k in SKILL_KEYS)), **ev)
         out = []
         for r in records:
-            res = per_group[r.get("group_id") or r.get("prompt_id") or r["rollout_id"]]
+            res = per_group[unit_of(r, self.per)]
             out.append(RowResult(r["rollout_id"], [], None, res.status, res.error, res.request_hash,
                                  res.raw_response, res.prompt_tokens, res.completion_tokens, res.cost_usd,
                                  res.skill if res.status in ("ok", "repaired") else r.get("skill")))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from annotate.parse import map_answer, parse_json
-from annotate.prompts import ERROR_TYPES, load
+from annotate.templates import ERROR_TYPES, load
 from annotate.rule import rule_annotate
 from annotate.rule_annotator import RuleAnnotator
 from annotate.skills import RuleSkills, SkillBank, toy_workflow
@@ -125,6 +125,8 @@ def test_rule_skills_per_group_name_mistakes_and_workflow_without_the_answer():
     answer = recs[0]["reference"].rsplit("Answer: ", 1)[1]
     assert answer not in skill["golden_workflow"]
     assert toy_workflow(REF).startswith("1. add 17 and 25 2. multiply the previous result and 3")
+    per_rollout = RuleSkills("rollout").annotate(recs[:4])
+    assert all("of 1 attempt" in json.loads(r.skill)["success_analysis"] for r in per_rollout)
 
 
 def test_skill_bank_ucb_tries_each_skill_then_exploits_the_best(tmp_path):

@@ -1,0 +1,51 @@
+"""The real UI shows our spans where we put them: headless Debian chromium over CDP."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from annotate import labelstudio as ls
+from spans import as_span
+from tests.labelstudio_fixtures import CDPPage, chromium, ls_client, ls_project, ls_server, make_store  # noqa: F401
+
+pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
+
+# Each region's highlight is one or more <span class="htx-highlight htx-highlight-<region id>">:
+# join them per region, in document order.
+_REGION_TEXTS = """(() => {
+  const by = {};
+  for (const el of document.querySelectorAll('.htx-highlight')) {
+    const id = [...el.classList].find(c => c.startsWith('htx-highlight-'));
+    by[id] = (by[id] || '') + el.textContent;
+  }
+  return Object.values(by);
+})()"""
+
+
+def test_ui_highlights_exactly_the_span_text(tmp_path, chromium, ls_server, ls_client, ls_project):
+    store = make_store(tmp_path / "store", n=2)
+    ls.push(store, ls_client, ls_project)
+    rows = {r["rollout_id"]: r for r in store.read().to_pylist()}
+    tasks = {t.data["rollout_id"]: t.id for t in ls_client.tasks.list(project=ls_project, fields="task_only", include="id,data")}
+    page = CDPPage(chromium)
+    try:
+        page.send("Page.enable")
+        page.goto(f"{ls_server.url}/user/login/")
+        page.wait("document.querySelector('input[name=email]') !== null")
+        page.eval(f"""document.querySelector('input[name=email]').value = {json.dumps(ls_server.username)};
+            document.querySelector('input[name=password]').value = {json.dumps(ls_server.password)};
+            document.querySelector('form').submit(); 1""")
+        page.wait("!location.pathname.startsWith('/user/login')")
+        for rid in ("r0000", "r0001"):  # r0000: emoji with ZWJ, '𝑥', CRLF
+            expected = sorted(as_span(s).text for s in rows[rid]["spans"])
+            page.eval("window.__stale = true")  # so we never read the previous task's page
+            page.goto(f"{ls_server.url}/projects/{ls_project}/data?task={tasks[rid]}")
+            page.wait(f"!window.__stale && document.querySelectorAll('.htx-highlight').length >= {len(expected)}")
+            got = page.wait(f"(() => {{ const t = {_REGION_TEXTS}; return t.length === {len(expected)} ? t : null }})()")
+            if sorted(got) != expected:
+                page.screenshot(tmp_path / f"{rid}.png")
+            assert sorted(got) == expected, f"task {tasks[rid]}: screenshot in {tmp_path}"
+    finally:
+        page.close()

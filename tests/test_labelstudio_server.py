@@ -1,0 +1,37 @@
+"""annotate/ls_server.py: the server we start is the one that answers, whatever the environment."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from annotate import ls_server
+from tests.labelstudio_fixtures import ls_server as running_server  # noqa: F401
+
+pytestmark = pytest.mark.labelstudio
+
+
+def test_busy_port_is_refused_not_silently_moved(monkeypatch, running_server):  # noqa: F811
+    # Bare names Label Studio would read, and a port someone else holds: start must not be fooled.
+    monkeypatch.setenv("USERNAME", "intruder@example.com")
+    monkeypatch.setenv("PASSWORD", "intruder-password")
+    monkeypatch.setenv("PORT", "1")
+    monkeypatch.setenv("HOST", "http://example.invalid")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ls_server.ServerError, match=rf"port {port} .*not as our server"):
+            ls_server.start(port=port, attempts=1, log=lambda m: None)
+
+
+def test_running_server_answers_our_user_only(running_server):  # noqa: F811
+    import httpx
+
+    me = httpx.get(f"{running_server.url}/api/current-user/whoami",
+                   headers={"Authorization": f"Token {running_server.token}"}).json()
+    assert me["email"] == running_server.username
+    assert httpx.get(f"{running_server.url}/api/current-user/whoami",
+                     headers={"Authorization": "Token " + "0" * 40}).status_code == 401
+    assert running_server.token not in repr(running_server)

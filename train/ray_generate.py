@@ -1,0 +1,138 @@
+"""Rollout generation on Ray: the same `generate_rollouts` batches, spread over a Ray Data actor pool.
+
+Two paths, one result schema (`ROLLOUT_SCHEMA`, written by the caller through `store.write`):
+
+- ``backend="hf"`` (CPU, or one GPU per actor): each actor loads the checkpoint with
+  `HFGenerator` once and runs `train.rollout.generate_rollouts` on its batch of prompts — the one
+  implementation of sampling, verification and row building. Seeds are per prompt and per sample,
+  so the rows equal those of a local `generate_rollouts` call whatever the batching.
+- ``backend="vllm"`` (GPU clusters, the ``gpu`` extra): `ray.data.llm` —
+  ``vLLMEngineProcessorConfig`` + ``build_processor`` — samples each (prompt, sample index) as one
+  request with its own seed and ``logprobs=0`` (vLLM's raw log-probs of the sampled ids); the
+  driver then feeds those samples to the same `generate_rollouts` through a replaying `Generator`,
+  so verification and row building stay single. Imported lazily; vLLM seeds differ from HF's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from train.rollout import PromptRecord, Sample, Sampling, generate_rollouts, prompt_seed
+
+
+def _records(batch: pa.Table) -> list[PromptRecord]:
+    out = []
+    for r in batch.to_pylist():
+        msgs = tuple((m[0], m[1]) for m in r["messages"]) if r.get("messages") else None
+        out.append(PromptRecord(r["prompt_id"], r["prompt"], r["reference"], msgs))
+    return out
+
+
+class _HFBatch:
+    """Actor: one `HFGenerator` per actor, `generate_rollouts` per batch of prompts."""
+
+    def __init__(self, checkpoint: str, model_name: str, n: int, sampling: Sampling, seed: int, verifier: str):
+        from train.rollout import HFGenerator
+
+        self.gen = HFGenerator.from_pretrained(checkpoint, model_name=model_name)
+        self.kw = dict(n=n, sampling=sampling, seed=seed, verifier=verifier)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return generate_rollouts(self.gen, _records(batch), **self.kw)
+
+
+@dataclass(frozen=True)
+class _Replay:
+    """A `Generator` that returns samples computed elsewhere (by `ray.data.llm`), keyed by prompt."""
+
+    samples: dict[str, list[Sample]]
+    model_name: str
+    backend: str = "vllm"
+
+    def generate(self, prompts, *, n, sampling, seeds):
+        return [self.samples[p] for p in prompts]
+
+
+def sample_from_llm_row(row: dict, max_new_tokens: int) -> Sample:
+    """A `ray.data.llm` vLLM output row -> `Sample`. ``row["logprobs"][t]`` maps token id -> {logprob,
+    rank, decoded_token} for step t (ids as int keys, or str keys after an Arrow round trip, with
+    other ids' entries possibly null); the sampled id's log-prob (nats, raw distribution) is kept."""
+    ids = [int(t) for t in row["generated_tokens"]]
+    lps = []
+    for t, d in zip(ids, row["logprobs"] or [], strict=True):
+        entry = d.get(t) if t in d else d.get(str(t))
+        if entry is None:
+            raise ValueError(f"ray.data.llm row for prompt {row.get('prompt_id')}: no log-prob for sampled id {t}")
+        lps.append(float(entry["logprob"]))
+    finish = "length" if len(ids) >= max_new_tokens else "stop"
+    return Sample(row["generated_text"], ids, lps, finish)
+
+
+def rollouts_on_ray(prompts: Sequence[PromptRecord], *, checkpoint: str, model_name: str | None = None,
+                    n: int, sampling: Sampling, seed: int, verifier: str = "toy-int", backend: str = "hf",
+                    actors: int = 1, num_cpus: float = 1.0, num_gpus: float = 0.0, batch_size: int = 16,
+                    address: str | None = None) -> pa.Table:
+    """`len(prompts) * n` rollout rows, in prompt order then sample index (like `generate_rollouts`)."""
+    from annotate.executor import ensure_ray
+
+    ray = ensure_ray(address)
+    model_name = model_name or checkpoint
+    items = [{"prompt_id": p.prompt_id, "prompt": p.prompt, "reference": p.reference,
+              "messages": [list(m) for m in p.messages] if p.messages else None} for p in prompts]
+    ds = ray.data.from_items(items)
+    if backend == "vllm":
+        return _vllm(ray, ds, prompts, checkpoint, model_name, n, sampling, seed, verifier, actors, batch_size)
+    if backend != "hf":
+        raise ValueError(f"backend must be hf or vllm, not {backend!r}")
+    out = ds.map_batches(_HFBatch, fn_constructor_args=(checkpoint, model_name, n, sampling, seed, verifier),
+                         batch_size=batch_size, batch_format="pyarrow",
+                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+                         num_cpus=num_cpus, num_gpus=num_gpus or None)
+    tables = list(out.iter_batches(batch_format="pyarrow", batch_size=None))
+    table = pa.concat_tables(tables) if tables else generate_rollouts(_Replay({}, model_name), [], n=n,
+                                                                         sampling=sampling, seed=seed, verifier=verifier)
+    order = {p.prompt_id: i for i, p in enumerate(prompts)}
+    # A prompt's n rows stay together and in sample order inside a batch; sort prompts stably.
+    idx = sorted(range(table.num_rows), key=lambda k: order[table["prompt_id"][k].as_py()])
+    return table.take(pa.array(idx, pa.int64()))
+
+
+def _vllm(ray, ds, prompts, checkpoint, model_name, n, sampling, seed, verifier, actors, batch_size):
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    from train.rollout import _row_seed
+
+    def explode(row):
+        return [dict(row, sample_index=j) for j in range(n)]
+
+    def pre(row):
+        sp = {"n": 1, "temperature": sampling.temperature, "top_p": sampling.top_p,
+              "top_k": sampling.top_k or -1, "max_tokens": sampling.max_new_tokens,
+              "stop": list(sampling.stop) or None, "logprobs": 0,
+              "seed": _row_seed(prompt_seed(seed, row["prompt_id"]), row["sample_index"]) & 0x7FFFFFFF}
+        return dict(prompt=row["prompt"], sampling_params=sp, prompt_id=row["prompt_id"],
+                    sample_index=row["sample_index"])
+
+    def post(row):
+        s = sample_from_llm_row(row, sampling.max_new_tokens)
+        return dict(prompt_id=row["prompt_id"], sample_index=row["sample_index"], text=s.text,
+                    token_ids=s.token_ids, logprobs=s.logprobs, finish_reason=s.finish_reason)
+
+    config = vLLMEngineProcessorConfig(model_source=checkpoint, batch_size=batch_size, concurrency=actors,
+                                       engine_kwargs={"enable_prefix_caching": True}, chat_template_stage=False,
+                                       tokenize_stage=False, detokenize_stage=False)  # vLLM already decodes
+    processor = build_processor(config, preprocess=pre, postprocess=post)
+    rows = processor(ds.flat_map(explode)).take_all()
+    by_prompt: dict[str, list[Sample]] = {}
+    text_of = {p.prompt_id: p.prompt for p in prompts}
+    for r in sorted(rows, key=lambda r: (r["prompt_id"], r["sample_index"])):
+        by_prompt.setdefault(text_of[r["prompt_id"]], []).append(
+            Sample(r["text"], list(r["token_ids"]), list(r["logprobs"]), r["finish_reason"]))
+    return generate_rollouts(_Replay(by_prompt, model_name), list(prompts), n=n, sampling=sampling, seed=seed,
+                             verifier=verifier)
+
+
+__all__ = ["rollouts_on_ray", "sample_from_llm_row"]
