@@ -58,7 +58,7 @@ def test_tokenizer_roundtrip_chat_template_and_save(tmp_path):
     from transformers import AutoTokenizer
 
     tok = build_tokenizer(tmp_path / "tok")
-    assert 400 <= len(tok) <= 512
+    assert 256 < len(tok) <= 512
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
     assert tok.pad_token_id != tok.eos_token_id and tok.padding_side == "left"
     prompt = render_prompt("Compute (17 + 25) * 3.", tok)
@@ -69,6 +69,20 @@ def test_tokenizer_roundtrip_chat_template_and_save(tmp_path):
     assert again(prompt)["input_ids"] == tok(prompt)["input_ids"]
     assert render_prompt("x", again) == render_prompt("x", tok)
     assert build_tokenizer().get_vocab() == tok.get_vocab()  # deterministic
+
+
+def test_model_folder_reloads_the_same_tokenizer(tmp_path):
+    # AutoTokenizer rebuilds a qwen2 folder's tokenizer as Qwen2Tokenizer (its own pre-tokenizer):
+    # the toy tokenizer must survive that, or rollouts and training would disagree on token ids.
+    from transformers import AutoTokenizer
+
+    tok = build_tokenizer()
+    tiny_model(tok).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    text = render_prompt("Compute ((19 * 9) + 57) - 98.", tok) + "19 * 9 = 171\nAnswer: 130<|im_end|>\n x'll  é"
+    assert again(text)["input_ids"] == tok(text)["input_ids"]
+    assert again.eos_token_id == tok.eos_token_id and again.pad_token_id == tok.pad_token_id
 
 
 def test_tiny_model_runs():
@@ -120,3 +134,27 @@ def test_math_verify_main_thread_and_worker_thread():
     t.start()
     t.join()
     assert out == [(1.0, True)]
+
+
+def test_toy_policy_builds_once_and_caches(tmp_path, monkeypatch):
+    # The mechanics on a 3-step recipe (the real one takes minutes): folder, info file, cache hit,
+    # SPANROUTE_CACHE, reload with AutoModel/AutoTokenizer.
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from train.toy import ToyPolicyRecipe, toy_policy
+
+    recipe = ToyPolicyRecipe(steps=3, layers=1, hidden=32, batch_size=8)
+    monkeypatch.setenv("SPANROUTE_CACHE", str(tmp_path))
+    path = toy_policy(recipe=recipe, progress=False)
+    assert path.parent == tmp_path and path.name == f"toy-policy-{recipe.key()}"
+    info = json.loads((path / "toy_policy.json").read_text())
+    assert info["recipe"]["steps"] == 3 and 0.0 <= info["sampled_accuracy"] <= 1.0
+    stamp = (path / "toy_policy.json").stat().st_mtime_ns
+    assert toy_policy(recipe=recipe, progress=False) == path
+    assert (path / "toy_policy.json").stat().st_mtime_ns == stamp  # cached: nothing rebuilt
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".toy-policy-build-")]
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    assert model.config.num_hidden_layers == 1 and tok.eos_token == "<|im_end|>"

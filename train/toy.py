@@ -5,7 +5,7 @@ runs on two CPU cores:
 
 - `make_problems` — multi-step integer arithmetic with one-step-per-line reference solutions,
   e.g. `Compute (17 + 25) * 3.` → `17 + 25 = 42\\n42 * 3 = 126\\nAnswer: 126`;
-- `build_tokenizer` — a byte-level BPE (vocab 512) trained with `tokenizers` on generated problems,
+- `build_tokenizer` — a byte-level BPE (297 entries: bytes, specials, merges) trained with `tokenizers`,
   with a ChatML template (`<|im_start|>` / `<|im_end|>`), returned as a `PreTrainedTokenizerFast`;
 - `tiny_model` — a random-init 2-layer Qwen2 (hidden 64) built in well under a second, for tests;
 - `toy_policy` — a 4-layer × 128 Qwen2 that the project SFTs itself on *noisy* references so that it
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -162,15 +162,33 @@ def _corpus(n: int = 3000) -> list[str]:
     return texts
 
 
+# Qwen2's pre-tokenizer: AutoTokenizer rebuilds any `qwen2` model folder's tokenizer with this
+# pipeline (Qwen2Tokenizer), so the toy tokenizer must be trained with exactly it, or a model
+# folder would tokenize differently after a reload. Digits become single tokens (good for
+# arithmetic), spaces stay separate.
+QWEN2_PRETOKENIZE_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+
 def build_tokenizer(out_dir: str | Path | None = None, vocab_size: int = 512):
     """Train the toy byte-level BPE tokenizer (deterministic; ~0.1 s) and return it as a
     `PreTrainedTokenizerFast` with the ChatML template, `pad_token=<|endoftext|>` and
-    `eos_token=<|im_end|>`. Any text encodes (full byte alphabet). Saved to `out_dir` if given."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    `eos_token=<|im_end|>`. Any text encodes (full byte alphabet). Its normalizer and
+    pre-tokenizer are Qwen2's, so `AutoTokenizer` reloads it identically from a Qwen2 model
+    folder. Saved to `out_dir` if given. The vocabulary stops growing when no pair is left to
+    merge, so it may hold fewer than `vocab_size` entries."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -225,3 +243,175 @@ def tiny_model(tokenizer, layers: int = 2, hidden: int = 64, seed: int = 0):
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = None
     return model
+
+
+# ---------------------------------------------------------------------------------------------
+# The toy policy: SFT on noisy references, built once and cached.
+
+
+@dataclass(frozen=True)
+class ToyPolicyRecipe:
+    """Everything that determines the toy policy's weights (its hash names the cache folder).
+
+    DESIGN §8: Qwen2 4 layers × 128 (FFN 512, tied embeddings), AdamW lr 1e-3, batch 64, loss on
+    completion tokens only. A fraction `noise` of the training references carry one slipped step
+    (`noisy_reference`), so the policy learns to be right only part of the time and its mistakes
+    look like real ones (a wrong line, carried forward)."""
+
+    layers: int = 4
+    hidden: int = 128
+    lr: float = 1e-3
+    batch_size: int = 64
+    steps: int = 1200
+    warmup: int = 50  # linear warm-up steps, then cosine decay to 10% of lr
+    noise: float = 0.25
+    seed: int = 0
+    threads: int = 1  # fixed, so the weights do not depend on the machine's core count
+    version: int = 1  # bump when the build code changes meaning
+
+    def key(self) -> str:
+        return hashlib.sha256(repr(self).encode()).hexdigest()[:12]
+
+
+TOY_EVAL_SEED = 777  # held-out problems: never trained on
+
+
+def _cache_root() -> Path:
+    import os
+
+    return Path(os.environ.get("SPANROUTE_CACHE") or Path.home() / ".cache" / "spanroute")
+
+
+def toy_policy(cache_dir: str | Path | None = None, recipe: ToyPolicyRecipe = ToyPolicyRecipe(),
+               progress: bool = True) -> Path:
+    """The SFT'd toy policy folder (model + tokenizer, `save_pretrained` format), building it on
+    first use. Cached at `<cache_dir or $SPANROUTE_CACHE or ~/.cache/spanroute>/toy-policy-<hash>`;
+    the build is deterministic (same recipe → same weights on the same torch build), takes a few
+    CPU minutes, and is safe against concurrent builders (file lock + atomic rename). Its
+    `toy_policy.json` records the build time and held-out greedy/sampled accuracy."""
+    import fcntl
+    import shutil
+    import tempfile
+
+    root = Path(cache_dir) if cache_dir is not None else _cache_root()
+    final = root / f"toy-policy-{recipe.key()}"
+    if (final / "toy_policy.json").exists():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".toy-policy-{recipe.key()}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second builder waits, then finds the folder
+        if (final / "toy_policy.json").exists():
+            return final
+        tmp = Path(tempfile.mkdtemp(prefix=".toy-policy-build-", dir=root))
+        try:
+            _build_toy_policy(tmp, recipe, progress)
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _sft_batches(tokenizer, recipe: ToyPolicyRecipe, exclude: set[str]):
+    """Yields `recipe.steps` batches of (input_ids_BT, attention_BT, labels_BT), right-padded,
+    labels -100 outside the completion (response + EOS)."""
+    import torch
+
+    rng = random.Random(f"toy-sft-{recipe.seed}")
+    problems = [p for p in make_problems(recipe.steps * recipe.batch_size + len(exclude), recipe.seed + 1)
+                if p.prompt_id not in exclude]
+    eos = tokenizer.eos_token_id
+    for s in range(recipe.steps):
+        rows = []
+        for p in problems[s * recipe.batch_size : (s + 1) * recipe.batch_size]:
+            sol = noisy_reference(p, rng) if rng.random() < recipe.noise else p.reference
+            prompt = tokenizer(render_prompt(p.question, tokenizer), add_special_tokens=False)["input_ids"]
+            resp = tokenizer(sol, add_special_tokens=False)["input_ids"] + [eos]
+            rows.append((prompt + resp, [-100] * len(prompt) + resp))
+        T = max(len(ids) for ids, _ in rows)
+        pad = tokenizer.pad_token_id
+        yield (
+            torch.tensor([ids + [pad] * (T - len(ids)) for ids, _ in rows]),
+            torch.tensor([[1] * len(ids) + [0] * (T - len(ids)) for ids, _ in rows]),
+            torch.tensor([lab + [-100] * (T - len(lab)) for _, lab in rows]),
+        )
+
+
+def toy_accuracy(model, tokenizer, n_problems: int = 200, samples: int = 4, temperature: float = 1.0,
+                 seed: int = 0) -> float:
+    """Fraction of correct answers on held-out toy problems (`TOY_EVAL_SEED`), `samples` per
+    problem at `temperature` (0 = greedy, one sample)."""
+    from train.rollout import HFGenerator, Sampling, generate_rollouts, toy_prompt_records
+
+    gen = HFGenerator(model, tokenizer, model_name="eval", batch_size=200)
+    recs = toy_prompt_records(make_problems(n_problems, TOY_EVAL_SEED), tokenizer)
+    n = 1 if temperature == 0 else samples
+    tbl = generate_rollouts(gen, recs, n=n, sampling=Sampling(temperature=temperature, max_new_tokens=48), seed=seed)
+    return sum(tbl["correct"].to_pylist()) / tbl.num_rows
+
+
+def _build_toy_policy(out: Path, recipe: ToyPolicyRecipe, progress: bool) -> None:
+    import time
+
+    import torch
+
+    t0, c0 = time.time(), time.process_time()
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(recipe.threads)
+    try:
+        _train_and_save(out, recipe, progress, t0, c0)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train_and_save(out: Path, recipe: ToyPolicyRecipe, progress: bool, t0: float, c0: float) -> None:
+    import json
+    import math
+    import sys
+    import time
+
+    import torch
+
+    torch.manual_seed(recipe.seed)
+    tokenizer = build_tokenizer()
+    model = tiny_model(tokenizer, layers=recipe.layers, hidden=recipe.hidden, seed=recipe.seed).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr)
+    def lr_factor(s: int) -> float:
+        if s < recipe.warmup:
+            return (s + 1) / recipe.warmup
+        frac = (s - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    exclude = {p.prompt_id for p in make_problems(200, TOY_EVAL_SEED)}
+    for step, (ids, attn, labels) in enumerate(_sft_batches(tokenizer, recipe, exclude)):
+        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress and (step == 0 or (step + 1) % 100 == 0):
+            note = ""
+            if (step + 1) % 300 == 0:  # a cheap look at the learning curve (greedy, 50 problems)
+                model.eval()
+                note = f", greedy accuracy {toy_accuracy(model, tokenizer, n_problems=50, temperature=0):.0%}"
+                model.train()
+            print(f"toy policy: step {step + 1}/{recipe.steps} loss {loss.item():.3f}{note} "
+                  f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+    model.eval()
+    train_s = time.time() - t0
+    if progress:
+        print("toy policy: evaluating on 200 held-out problems...", file=sys.stderr, flush=True)
+    greedy = toy_accuracy(model, tokenizer, temperature=0)
+    sampled = toy_accuracy(model, tokenizer, temperature=1.0)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    info = {"recipe": asdict(recipe), "train_seconds": round(train_s, 1), "build_seconds": round(time.time() - t0, 1),
+            "build_cpu_seconds": round(time.process_time() - c0, 1),
+            "greedy_accuracy": greedy, "sampled_accuracy": sampled, "eval": "200 held-out problems, 4 samples at T=1"}
+    (out / "toy_policy.json").write_text(json.dumps(info, indent=2))
+    if progress:
+        print(f"toy policy: built in {info['build_seconds']} s; held-out accuracy greedy {greedy:.1%}, "
+              f"sampled {sampled:.1%} -> {out}", file=sys.stderr, flush=True)
