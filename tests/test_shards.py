@@ -11,7 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 
 import train.shards as S
-from tests.train_fixtures import make_policy, toy_rollouts
+from tests.train_fixtures import make_policy, one_thread, toy_rollouts
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    yield from one_thread()
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +38,7 @@ def _digests(d):
 def test_build_is_deterministic_and_pinned(world, tmp_path):
     policy, table = world
     m1 = _build(table, policy, tmp_path / "a")
-    m2 = _build(table.take(list(reversed(range(table.num_rows)))), policy, tmp_path / "b")  # input order is irrelevant
+    _build(table.take(list(reversed(range(table.num_rows)))), policy, tmp_path / "b")  # input order is irrelevant
     assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
     assert m1["tokenizer_sha256"] == S.tokenizer_hash(policy) and m1["source"] == {"test": 1}
     assert m1["rows"] == table.num_rows == sum(s["rows"] for s in m1["shards"])

@@ -13,9 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.train_fixtures import build_toy_shards, overrides, weights
+from tests.train_fixtures import build_toy_shards, one_thread, overrides, weights
 from train.config import load_config
 from train.recipe import train
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    yield from one_thread()
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +38,11 @@ def _init(policy):
     return weights(policy)
 
 
-@pytest.mark.parametrize("method", ["grpo", "trace", "skill_sd", "opd"])
-def test_each_method_changes_weights_with_finite_losses(toy, tmp_path, method):
+@pytest.mark.parametrize("method,sync", [("grpo", "copy"), ("trace", "copy"), ("skill_sd", "live"), ("opd", "ema")])
+def test_each_method_changes_weights_with_finite_losses(toy, tmp_path, method, sync):
     policy, shards = toy
-    _, rows = _run(policy, shards, tmp_path / method, f"method.name={method}", "method.error_channel=true")
+    _, rows = _run(policy, shards, tmp_path / method, f"method.name={method}", "method.error_channel=true",
+                   f"method.teacher_sync={sync}")
     assert len(rows) == 3
     assert all(math.isfinite(r["loss"]) for r in rows)
     before, after = _init(policy), weights(tmp_path / method / "final")
@@ -46,6 +51,22 @@ def test_each_method_changes_weights_with_finite_losses(toy, tmp_path, method):
     if method in ("trace", "opd"):  # the KL channel was on and measured
         assert any(r.get("kl_forward", 0) > 0 or r.get("kl_reverse", 0) > 0 for r in rows)
         assert rows[0]["lambda"] == 0.5
+
+
+def test_live_teacher_equals_a_fresh_copy_on_the_first_step(toy, tmp_path):
+    policy, shards = toy
+    _, live = _run(policy, shards, tmp_path / "live", "method.name=trace", "method.teacher_sync=live", "optim.steps=1")
+    _, copy = _run(policy, shards, tmp_path / "copy", "method.name=trace", "method.teacher_sync=copy", "optim.steps=1")
+    assert live[0]["loss"] == pytest.approx(copy[0]["loss"], abs=1e-6)
+    assert live[0]["kl_forward"] == pytest.approx(copy[0]["kl_forward"], abs=1e-7)
+
+
+def test_every_example_config_loads():
+    from train.config import load_config as load
+
+    for p in (Path(__file__).resolve().parents[1] / "train" / "configs").glob("*.yaml"):
+        cfg = load(p)
+        assert cfg.method.name in ("trace", "grpo", "skill_sd", "opd"), p
 
 
 def test_trace_with_lambda_zero_is_grpo_step_for_step(toy, tmp_path):
@@ -97,11 +118,12 @@ def test_resume_refuses_a_different_experiment(toy, tmp_path):
         _run(policy, shards, tmp_path / "r", "optim.steps=2", "method.name=grpo")
 
 
-def test_two_gloo_processes_equal_one_process(toy, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_gloo_processes_equal_one_process(toy, tmp_path, strategy):
     policy, shards = toy
-    extra = ("method.name=trace", "method.error_channel=true", "data.groups_per_step=2", "optim.steps=2")
+    extra = ("method.name=trace", "method.error_channel=true", "method.teacher_sync=live", "optim.steps=2")
     _, single = _run(policy, shards, tmp_path / "single", *extra)
-    args = overrides(policy, shards, tmp_path / "ddp", *extra)
+    args = overrides(policy, shards, tmp_path / "ddp", *extra, f"run.distributed={strategy}")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "train.cli", "train", "--quiet", *args]

@@ -92,3 +92,14 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(path / "model.safetensors"))
+
+
+def one_thread():
+    """Generator fixture body: torch on one thread for the test module, restored after.
+
+    Tiny models gain nothing from a second thread, and on a busy 2-core machine OpenMP threads
+    that wait for each other make each step ~20× slower."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

@@ -35,7 +35,8 @@ class DemoConfig:
     steps_per_round: int = 4
     groups_per_step: int = 8
     micro_batch_size: int = 64
-    lr: float = 1e-4
+    lr: float = 3e-5  # 1e-4 collapsed both arms on the toy policy (see README: The demo)
+    term_clip: float | None = 0.05  # TRACE's pointwise clip of each vocabulary KL term
     max_new_tokens: int = 48
     eval_problems: int = 200
     eval_samples: int = 4
@@ -54,7 +55,8 @@ def train_config(method: str, policy: str, out: Path, dc: DemoConfig) -> Any:
         "model": {"path": policy},
         "data": {"groups_per_step": dc.groups_per_step, "micro_batch_size": dc.micro_batch_size, "seed": dc.seed},
         "method": {"name": method, "key_channel": True, "error_channel": True,
-                   "kl_hold": min(10, steps), "kl_end": min(40, steps), "teacher_sync": "copy", "sync_every": 10},
+                   "kl_hold": min(10, steps), "kl_end": min(40, steps), "teacher_sync": "copy", "sync_every": 10,
+                   "term_clip": dc.term_clip},
         "optim": {"lr": dc.lr, "steps": steps, "seed": dc.seed},
         "run": {"out": str(out / method), "device": "cpu", "checkpoint_every": 0},
     })
@@ -152,7 +154,8 @@ def compare_plot(out: Path, methods: list[str]) -> Path | None:
     for ax, k in zip(axes, keys):
         ax.set_title(k)
         ax.set_xlabel("step")
-        ax.legend(fontsize=8)
+        if ax.get_lines():
+            ax.legend(fontsize=8)
     fig.tight_layout()
     png = out / "curves.png"
     fig.savefig(png, dpi=80)
@@ -203,7 +206,9 @@ def run_demo(out: str | Path, dc: DemoConfig = DemoConfig(), *, policy: str | No
         log(f"{method}: accuracy {ev['accuracy']:.3f} (baseline {base['accuracy']:.3f}) after {train_s:.0f} s")
     png = compare_plot(out, list(dc.methods))
     seconds = time.perf_counter() - t_all
-    winner = max(results, key=lambda m: results[m]["accuracy"]) if results else None
+    best = max((r["accuracy"] for r in results.values()), default=None)
+    leaders = [m for m, r in results.items() if r["accuracy"] == best]
+    winner = leaders[0] if len(leaders) == 1 else "tie"
     summary = {"baseline": base, "methods": results, "seconds": round(seconds, 1),
                "policy_seconds": round(policy_s, 1), "winner": winner, "plot": str(png) if png else None,
                "config": {**asdict(dc), "methods": list(dc.methods)}, "policy": policy,

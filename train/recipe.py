@@ -30,7 +30,6 @@ Departures worth knowing:
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -46,107 +45,67 @@ from torch import Tensor, nn
 
 from train import losses as L
 from train.config import TrainConfig, dump, to_dict
+from train.scoring import Scored, ScoringBatch, pack_batch, rows_to_BT, score, span_kl
 from train.shards import BatchStream, ShardReader
+from train.teacher import Teacher
 
-LOGPROB_CHUNK_ROWS = 512  # rows of [N, V] logits alive at once when scoring sampled tokens
+LOGPROB_CHUNK_ROWS = 512  # rows of [N, V] logits alive at once (log-probs and span KLs)
 ADDITIVE_METRICS = ("loss", "pg_loss", "grpo_loss", "kl_term", "kl_sampled_k3")
 
 
 # ----------------------------------------------------------------------------------- scoring
 
 
-class Scorer(nn.Module):
-    """A causal LM seen as a scorer of response tokens.
-
-    ``forward`` returns, for responses placed right after (left-padded) prompts:
-    sampled-token log-probs ``[B, T]`` (nats, with gradient when enabled), their entropies ``[B, T]``
-    (nats, detached), and full logits ``[N, V]`` only at the ``select_BT`` positions. Wrapping the
-    whole scoring in one module lets DDP/FSDP see a single forward per micro-batch.
-    """
+class PolicyScorer(nn.Module):
+    """The student as one module whose ``forward`` scores a batch (``train.scoring.score``): DDP
+    and FSDP see a single forward per micro-batch. Returns sampled-token log-probs ``[B, T]``
+    (nats, with gradient), entropies ``[B, T]`` (nats, detached) and the final hidden states at
+    the ``select_BT`` positions ``[N, H]`` — full distributions are formed from those only, chunk
+    by chunk, inside ``train.scoring.span_kl``."""
 
     def __init__(self, lm: nn.Module):
         super().__init__()
         self.lm = lm
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, response_ids_BT: Tensor,
-                select_BT: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
-        base = self.lm.get_decoder()
-        head = self.lm.get_output_embeddings()
-        T = response_ids_BT.shape[1]
-        P = input_ids.shape[1] - T
-        hidden = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      use_cache=False).last_hidden_state
-        h_BTH = hidden[:, P - 1: P - 1 + T]  # position p predicts token p + 1
-        B, _, H = h_BTH.shape
-        h_NH = h_BTH.reshape(B * T, H)
-        ids_N = response_ids_BT.reshape(B * T)
-        lps, ents = [], []
-        for s in range(0, B * T, LOGPROB_CHUNK_ROWS):
-            args = (h_NH[s: s + LOGPROB_CHUNK_ROWS], ids_N[s: s + LOGPROB_CHUNK_ROWS])
-            if torch.is_grad_enabled():
-                lp, ent = torch.utils.checkpoint.checkpoint(_sampled_logprobs, head, *args, use_reentrant=False)
-            else:
-                lp, ent = _sampled_logprobs(head, *args)
-            lps.append(lp)
-            ents.append(ent)
-        logprobs_BT = torch.cat(lps).reshape(B, T)
-        entropy_BT = torch.cat(ents).reshape(B, T)
-        logits_NV = head(h_BTH[select_BT]).float() if select_BT is not None else None
-        return logprobs_BT, entropy_BT, logits_NV
-
-
-def _sampled_logprobs(head: nn.Module, h_NH: Tensor, ids_N: Tensor) -> tuple[Tensor, Tensor]:
-    logits_NV = head(h_NH).float()
-    lse_N = torch.logsumexp(logits_NV, dim=-1)
-    lp_N = logits_NV.gather(-1, ids_N.long().unsqueeze(-1)).squeeze(-1) - lse_N
-    with torch.no_grad():
-        p_NV = torch.softmax(logits_NV, dim=-1)
-        ent_N = lse_N - (p_NV * logits_NV).sum(-1)
-    return lp_N, ent_N.detach()
+    def forward(self, input_ids_BL: Tensor, attention_mask_BL: Tensor, response_ids_BT: Tensor,
+                response_mask_BT: Tensor, pred_pos_BT: Tensor, select_BT: Tensor | None = None,
+                token_logprobs: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
+        batch = ScoringBatch(input_ids_BL, attention_mask_BL, response_ids_BT, response_mask_BT, pred_pos_BT)
+        s = score(self.lm, batch, select_BT=select_BT, entropy=token_logprobs, chunk_rows=LOGPROB_CHUNK_ROWS,
+                  token_logprobs=token_logprobs)
+        return s.logprobs_BT, s.entropy_BT, s.hidden_NH
 
 
 # ------------------------------------------------------------------------------------ batches
 
 
-def collate(rows: list[dict], prompt_key: str, pad_id: int, device: torch.device) -> dict[str, Tensor]:
-    """Pack rows as [left-padded prompt | right-padded response].
-
-    All responses start at the same column, so response token t of every row is predicted at
-    column ``P - 1 + t``; position ids count real tokens only, so padding changes nothing.
-    """
-    P = max(len(r[prompt_key]) for r in rows)
-    T = max(max(len(r["response_ids"]) for r in rows), 1)
-    B = len(rows)
-    ids = torch.full((B, P + T), pad_id, dtype=torch.long)
-    attn = torch.zeros((B, P + T), dtype=torch.long)
-    resp = torch.zeros((B, T), dtype=torch.long)
+def collate(rows: list[dict], prompt_key: str, pad_id: int, device: torch.device) -> dict[str, Any]:
+    """A micro-batch: the packed scoring batch (``train.scoring.pack_batch``: prompt + response,
+    right-padded) and the per-token training tensors padded to the same T."""
+    batch = pack_batch([r[prompt_key] for r in rows], [r["response_ids"] for r in rows], pad_id=pad_id)
+    B, T = batch.response_ids_BT.shape
     old = torch.zeros((B, T), dtype=torch.float32)
     route = torch.zeros((B, T), dtype=torch.int8)
-    mask = torch.zeros((B, T), dtype=torch.bool)
     for i, r in enumerate(rows):
-        p, y = r[prompt_key], r["response_ids"]
-        ids[i, P - len(p): P] = torch.tensor(p, dtype=torch.long)
-        ids[i, P: P + len(y)] = torch.tensor(y, dtype=torch.long)
-        attn[i, P - len(p): P + len(y)] = 1
-        resp[i, : len(y)] = torch.tensor(y, dtype=torch.long)
-        old[i, : len(y)] = torch.tensor(r["old_logprobs"], dtype=torch.float32)
-        route[i, : len(y)] = torch.tensor(r["route"], dtype=torch.int8)
-        mask[i, : len(y)] = True
-    pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    out = {"input_ids": ids, "attention_mask": attn, "position_ids": pos, "response_ids_BT": resp,
-           "old_logprobs_BT": old, "route_BT": route, "response_mask_BT": mask,
-           "correct_B": torch.tensor([bool(r["correct"]) for r in rows]),
-           "reward_B": torch.tensor([float(r["reward"]) for r in rows])}
-    return {k: v.to(device) for k, v in out.items()}
+        n = len(r["response_ids"])
+        old[i, :n] = torch.tensor(r["old_logprobs"], dtype=torch.float32)
+        route[i, :n] = torch.tensor(r["route"], dtype=torch.int8)
+    t = {"batch": ScoringBatch(*(x.to(device) for x in (batch.input_ids_BL, batch.attention_mask_BL,
+                                                         batch.response_ids_BT, batch.response_mask_BT,
+                                                         batch.pred_pos_BT))),
+         "old_logprobs_BT": old.to(device), "route_BT": route.to(device),
+         "correct_B": torch.tensor([bool(r["correct"]) for r in rows], device=device)}
+    t["response_mask_BT"] = t["batch"].response_mask_BT
+    return t
 
 
 # ------------------------------------------------------------------------------------ methods
-# Each method says where it needs full student/teacher distributions and what extra inputs its
+# Each method says where it needs full distributions (the KL positions) and what extra inputs its
 # loss takes; the loop itself never branches on the method's name.
 
 
 def _kl_positions(t: dict, cfg: TrainConfig, lam: float, method: str) -> Tensor | None:
-    if lam == 0:
+    if lam == 0 or method not in ("trace", "opd"):
         return None
     if method == "opd":
         return t["response_mask_BT"]
@@ -155,24 +114,44 @@ def _kl_positions(t: dict, cfg: TrainConfig, lam: float, method: str) -> Tensor 
         & t["response_mask_BT"]
 
 
-def _span_kl(t: dict, select_BT: Tensor, student_NV: Tensor, teacher_NV: Tensor, cfg: TrainConfig,
-             method: str) -> tuple[Tensor, dict[str, float]]:
-    """KL_t at the selected positions, scattered to [B, T]: forward on key spans of correct
-    rollouts, reverse on error spans of incorrect ones (OPD: forward everywhere)."""
-    clip = cfg.method.term_clip
-    if method == "opd":
-        kl_N = L.forward_kl(teacher_NV, student_NV, clip)
-        is_rev_N = torch.zeros_like(kl_N, dtype=torch.bool)
-    else:
-        is_rev_N = ((t["route_BT"] == 2) & ~t["correct_B"].unsqueeze(-1))[select_BT]
-        kl_N = torch.where(is_rev_N, L.reverse_kl(teacher_NV, student_NV, clip),
-                           L.forward_kl(teacher_NV, student_NV, clip))
-    span_kl_BT = torch.zeros(select_BT.shape, dtype=kl_N.dtype, device=kl_N.device)
-    span_kl_BT = span_kl_BT.masked_scatter(select_BT, kl_N)
+def _span_kl(t: dict, student: Scored, teacher: Scored, cfg: TrainConfig, method: str
+             ) -> tuple[Tensor, dict[str, float]]:
+    """KL_t at the selected positions, scattered to [B, T]: forward KL on key spans of correct
+    rollouts, reverse KL on error spans of incorrect ones (OPD: forward everywhere)."""
+    sel_BT = student.select_BT
+    rev_BT = torch.zeros_like(sel_BT) if method == "opd" else sel_BT & (t["route_BT"] == 2) & ~t["correct_B"][:, None]
+    kl_BT = torch.zeros(sel_BT.shape, dtype=torch.float32, device=sel_BT.device)
+    stats: dict[str, float] = {}
+    for name, part_BT in (("forward", sel_BT & ~rev_BT), ("reverse", rev_BT)):
+        if not bool(part_BT.any()):
+            continue
+        rows_N = part_BT[sel_BT]  # which of the selected rows belong to this channel
+        kl_N = span_kl(_rows(student, rows_N, part_BT), _rows(teacher, rows_N, part_BT), direction=name,
+                       term_clip=cfg.method.term_clip, chunk_rows=LOGPROB_CHUNK_ROWS)
+        kl_BT = kl_BT + rows_to_BT(kl_N.float(), part_BT)
+        stats[f"kl_{name}_sum"] = float(kl_N.detach().sum())
+        stats[f"kl_{name}_n"] = float(kl_N.numel())
+    return kl_BT, stats
+
+
+def _rows(s: Scored, rows_N: Tensor, select_BT: Tensor) -> Scored:
+    return Scored(logprobs_BT=s.logprobs_BT, response_mask_BT=s.response_mask_BT, select_BT=select_BT,
+                  hidden_NH=s.hidden_NH[rows_N], head=s.head)
+
+
+def _teacher_score(teacher: Teacher, wrapped: nn.Module, model: nn.Module, batch: ScoringBatch,
+                   select_BT: Tensor | None, token_logprobs: bool) -> Scored:
+    """Score the teacher batch: sampled-token log-probs only when the loss uses them (Skill-SD),
+    hidden states at the KL positions. A live teacher goes through the wrapped student's own
+    forward (under no_grad), so DDP/FSDP hooks gather sharded weights exactly as for the student."""
+    if teacher.mode != "live":
+        return teacher.score(batch, select_BT, token_logprobs=token_logprobs)
     with torch.no_grad():
-        stats = {"kl_forward_sum": float(kl_N[~is_rev_N].sum()), "kl_forward_n": float((~is_rev_N).sum()),
-                 "kl_reverse_sum": float(kl_N[is_rev_N].sum()), "kl_reverse_n": float(is_rev_N.sum())}
-    return span_kl_BT, stats
+        lp_BT, _, hidden_NH = wrapped(batch.input_ids_BL, batch.attention_mask_BL, batch.response_ids_BT,
+                                      batch.response_mask_BT, batch.pred_pos_BT, select_BT, token_logprobs)
+    sel = select_BT if select_BT is not None else torch.zeros_like(batch.response_mask_BT)
+    return Scored(logprobs_BT=lp_BT, response_mask_BT=batch.response_mask_BT, select_BT=sel & batch.response_mask_BT,
+                  hidden_NH=hidden_NH, head=model.get_output_embeddings())
 
 
 def _lambda(cfg: TrainConfig, step: int) -> float:
@@ -191,43 +170,6 @@ def teacher_template(cfg: TrainConfig) -> str:
     if t == "auto":
         return "skill" if cfg.method.name == "skill_sd" else "reference"
     return t
-
-
-# --------------------------------------------------------------------------------- the teacher
-
-
-class Teacher:
-    """The student's weights under a privileged prompt: ``live`` (the student itself, no grad), a
-    copy refreshed every K steps, or an EMA of the student. Copies are kept full on every rank."""
-
-    def __init__(self, student: nn.Module, sync: str, every: int, decay: float):
-        self.sync, self.every, self.decay = sync, every, decay
-        self.student = student
-        self.model = student if sync == "live" else _frozen_copy(student)
-
-    def after_step(self, step: int, student_state: Callable[[], dict[str, Tensor]]) -> None:
-        """Refresh after optimizer step `step` (0-based): copy when (step+1) % K == 0, or EMA."""
-        if self.sync == "copy" and (step + 1) % self.every == 0:
-            self.model.load_state_dict(student_state())
-        elif self.sync == "ema":
-            with torch.no_grad():
-                for t, s in zip(self.model.state_dict().values(), student_state().values()):
-                    if t.is_floating_point():
-                        t.lerp_(s.to(t.device, t.dtype), 1.0 - self.decay)
-
-    def state_dict(self) -> dict[str, Tensor] | None:
-        return None if self.sync == "live" else self.model.state_dict()
-
-    def load_state_dict(self, sd: dict[str, Tensor] | None) -> None:
-        if sd is not None and self.sync != "live":
-            self.model.load_state_dict(sd)
-
-
-def _frozen_copy(model: nn.Module) -> nn.Module:
-    m = copy.deepcopy(model)
-    m.requires_grad_(False)
-    m.eval()
-    return m
 
 
 # ------------------------------------------------------------------------------------- setup
@@ -264,7 +206,7 @@ def setup_model(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, Any]
     return model, tokenizer
 
 
-def wrap_distributed(scorer: Scorer, cfg: TrainConfig, world: int, device: torch.device) -> nn.Module:
+def wrap_distributed(scorer: PolicyScorer, cfg: TrainConfig, world: int, device: torch.device) -> nn.Module:
     """DDP, or FSDP2 (`fully_shard` on each decoder layer, then the root)."""
     if world == 1:
         return scorer
@@ -321,10 +263,16 @@ def save_checkpoint(path: Path, *, step: int, wrapped: nn.Module, optimizer: tor
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"step": step, "model": model, "optimizer": opt, "teacher": teacher.state_dict(),
+    torch.save({"step": step, "model": model, "optimizer": opt, "teacher": _teacher_state(teacher),
                 "rng": _rng_state(), "data": stream.state(), "config": to_dict(cfg)}, tmp)
     os.replace(tmp, path)  # a kill mid-save leaves the previous checkpoint intact
     (path.parent / "latest").write_text(path.name)
+
+
+def _teacher_state(teacher: Teacher) -> dict[str, Any] | None:
+    if teacher.mode == "live":
+        return None
+    return {"model": teacher.model.state_dict(), "last_refresh": teacher.last_refresh}
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -348,7 +296,9 @@ def load_checkpoint(path: Path, *, wrapped: nn.Module, optimizer: torch.optim.Op
     else:
         wrapped.lm.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
-    teacher.load_state_dict(ck["teacher"])
+    if ck["teacher"] is not None:
+        teacher.model.load_state_dict(ck["teacher"]["model"])
+        teacher.last_refresh = ck["teacher"]["last_refresh"]
     _set_rng_state(ck["rng"])
     if same_data:
         stream.load_state(ck["data"])
@@ -452,9 +402,11 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
     torch.manual_seed(cfg.optim.seed)
     model, tokenizer = setup_model(cfg, device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    teacher = Teacher(model, cfg.method.teacher_sync, cfg.method.sync_every, cfg.method.ema_decay)
-    teacher_scorer = Scorer(teacher.model)
-    wrapped = wrap_distributed(Scorer(model), cfg, world, device)
+    if world > 1 and cfg.run.distributed == "fsdp" and cfg.method.teacher_sync != "live":
+        raise ValueError("run.distributed=fsdp needs method.teacher_sync=live (a copied/EMA teacher is not sharded yet)")
+    teacher = Teacher(model, mode=cfg.method.teacher_sync, refresh_every=cfg.method.sync_every,
+                      ema_decay=cfg.method.ema_decay, chunk_rows=LOGPROB_CHUNK_ROWS)
+    wrapped = wrap_distributed(PolicyScorer(model), cfg, world, device)
     optimizer = torch.optim.AdamW(wrapped.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
     reader = ShardReader(cfg.data.shards)
@@ -496,39 +448,39 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
         for k, idx in enumerate(micro):
             mb_rows = [rows[i] for i in idx]
             t = collate(mb_rows, "prompt_ids", pad_id, device)
-            select_BT = _kl_positions(t, cfg, lam, method) if method in ("trace", "opd") else None
+            select_BT = _kl_positions(t, cfg, lam, method)
             sync_ctx = wrapped.no_sync() if (world > 1 and hasattr(wrapped, "no_sync") and k < len(micro) - 1) \
                 else nullcontext()
             with sync_ctx:
                 with autocast:
-                    lp_BT, ent_BT, s_logits_NV = wrapped(t["input_ids"], t["attention_mask"], t["position_ids"],
-                                                         t["response_ids_BT"], select_BT)
+                    b = t["batch"]
+                    lp_BT, ent_BT, hidden_NH = wrapped(b.input_ids_BL, b.attention_mask_BL, b.response_ids_BT,
+                                                       b.response_mask_BT, b.pred_pos_BT, select_BT)
                     inputs: dict[str, Any] = dict(
                         logprobs_BT=lp_BT, old_logprobs_BT=t["old_logprobs_BT"],
                         advantages_B=advantages_B[idx].to(device), response_mask_BT=t["response_mask_BT"],
                         clip_low=m.clip_low, clip_high=m.clip_high, agg=m.agg, num_tokens=num_tokens,
-                        num_seqs=num_seqs)
+                        num_seqs=num_seqs, kl_coef=lam, coef=lam)
                     kl_stats: dict[str, float] = {}
+                    span_kl_BT = torch.zeros_like(lp_BT)
                     if needs_teacher:
-                        tt = collate(mb_rows, prompt_key, pad_id, device)
-                        with torch.no_grad():
-                            t_lp_BT, _, t_logits_NV = teacher_scorer(tt["input_ids"], tt["attention_mask"],
-                                                                     tt["position_ids"], tt["response_ids_BT"], select_BT)
+                        taught = _teacher_score(teacher, wrapped, model, collate(mb_rows, prompt_key, pad_id,
+                                                device)["batch"], select_BT, token_logprobs=method == "skill_sd")
+                        inputs["teacher_logprobs_BT"] = taught.logprobs_BT
                         if select_BT is not None:
-                            span_kl_BT, kl_stats = _span_kl(t, select_BT, s_logits_NV, t_logits_NV, cfg, method)
-                            inputs.update(span_mask_BT=select_BT, span_kl_BT=span_kl_BT, token_kl_BT=span_kl_BT,
-                                          kl_coef=lam, kl_coef_max=max(m.kl_w0 if method == "trace" else m.opd_coef, 1e-12))
-                        inputs.update(teacher_logprobs_BT=t_lp_BT, coef=m.skill_coef)
-                    elif method in ("trace", "opd"):
-                        z = torch.zeros_like(t["response_mask_BT"])
-                        inputs.update(span_mask_BT=z, span_kl_BT=z.float(), token_kl_BT=z.float(), kl_coef=0.0)
+                            student = Scored(logprobs_BT=lp_BT, response_mask_BT=t["response_mask_BT"],
+                                             select_BT=select_BT, hidden_NH=hidden_NH, head=model.get_output_embeddings())
+                            span_kl_BT, kl_stats = _span_kl(t, student, taught, cfg, method)
+                    inputs.update(span_mask_BT=select_BT if select_BT is not None else torch.zeros_like(
+                        t["response_mask_BT"]), span_kl_BT=span_kl_BT, token_kl_BT=span_kl_BT,
+                        kl_coef_max=m.kl_w0 if method == "trace" else m.opd_coef)
                     loss, lm = L.call_loss(method, **inputs)
                 (loss * world).backward()
             _accumulate(sums, lm, kl_stats, t, ent_BT, n_tokens_mb=int(t["response_mask_BT"].sum()),
                         num_tokens=num_tokens, num_seqs=num_seqs)
         grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.optim.grad_clip)
         optimizer.step()
-        teacher.after_step(step, lambda: _full_state(wrapped, world))
+        teacher.update(step + 1)  # copy every K optimizer steps, or EMA, or nothing (live)
         sums = _all_reduce(sums, world, device)
         metrics = _finish_metrics(sums, step=step, lam=lam, grad_norm=float(grad_norm), rows=rows,
                                   seconds=time.perf_counter() - t0, lr=cfg.optim.lr)

@@ -38,14 +38,9 @@ import pyarrow.parquet as pq
 SHARDS_FORMAT = 1
 SPAN_PRIORITY = ("human", "api", "self", "rule")  # `auto` routes on the first present on a row
 
-# Privileged teacher prompts: the question plus what the student never sees. `{question}` is the
-# last user message (or the whole rendered prompt when a rollout has no chat form).
-TEACHER_TEMPLATES: dict[str, str] = {
-    "reference": "{question}\n\nA correct solution, for your eyes only:\n{reference}\n\nNow solve it yourself.",
-    "error_type": "{question}\n\nA previous attempt failed with this kind of mistake: {error_type}. Avoid it.",
-    "skill": "{question}\n\nAdvice distilled from earlier attempts:\n{skill}",
-}
-_TEMPLATE_FIELDS = {"reference": "reference", "error_type": "error_type", "skill": "skill"}
+# Which row field each teacher template needs (templates themselves: train.teacher.TEACHER_TEMPLATES).
+_TEMPLATE_FIELDS = {"reference": ("reference",), "error_type": ("error_type",), "skill": ("skill",),
+                    "reference+error": ("reference", "error_type")}
 
 
 def _list(t: pa.DataType) -> pa.DataType:
@@ -129,49 +124,17 @@ def choose_spans(spans: list[dict] | None, span_source: str) -> tuple[list[dict]
     return chosen, (span_source if chosen else None)
 
 
-def _question(row: dict) -> str:
-    msgs = row.get("messages") or []
-    users = [m["content"] for m in msgs if m.get("role") == "user"]
-    return users[-1] if users else row["prompt"]
-
-
-def _skill_text(skill: str | None) -> str:
-    if not skill:
-        return ""
-    try:
-        d = json.loads(skill)
-    except (TypeError, ValueError):
-        return str(skill)
-    if isinstance(d, dict):
-        return "\n".join(f"{k.replace('_', ' ')}: {v}" for k, v in d.items() if v)
-    return str(d)
-
-
 def teacher_prompt_text(tokenizer: Any, row: dict, template: str) -> str:
-    """The rendered privileged prompt of `row` under `template`.
+    """The rendered privileged prompt of `row` under `template` (``train.teacher``'s templates).
 
     A row lacking the template's field (no `error_type` on a correct rollout, no skill yet) gets
     the student's own prompt: on that row the teacher is the student.
     """
-    field = _TEMPLATE_FIELDS[template]
-    value = row.get(field)
-    if template == "skill":
-        value = _skill_text(value)
-    if not value:
+    from train.teacher import teacher_prompt_text as render
+
+    if not all(row.get(f) for f in _TEMPLATE_FIELDS[template]):
         return row["prompt"]
-    question = _question(row)
-    privileged = TEACHER_TEMPLATES[template].format(question=question, **{field: value})
-    msgs = row.get("messages") or []
-    if msgs and getattr(tokenizer, "chat_template", None):
-        last_user = max(i for i, m in enumerate(msgs) if m.get("role") == "user") if any(
-            m.get("role") == "user" for m in msgs) else None
-        if last_user is not None:
-            msgs = [dict(m) for m in msgs]
-            msgs[last_user]["content"] = privileged
-            return tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    if question in row["prompt"]:
-        return row["prompt"].replace(question, privileged, 1)
-    return privileged + "\n\n" + row["prompt"]
+    return render(tokenizer, row, template)
 
 
 def _tokenize(tokenizer: Any, text: str) -> list[int]:
@@ -246,8 +209,8 @@ def build_shards_from_table(table: pa.Table, tokenizer_dir: str | Path, out: str
     from transformers import AutoTokenizer
 
     for t in templates:
-        if t not in TEACHER_TEMPLATES:
-            raise ValueError(f"unknown teacher template {t!r}; known: {', '.join(TEACHER_TEMPLATES)}")
+        if t not in _TEMPLATE_FIELDS:
+            raise ValueError(f"unknown teacher template {t!r}; known: {', '.join(_TEMPLATE_FIELDS)}")
     if span_source != "auto" and span_source not in SPAN_PRIORITY:
         raise ValueError(f"--span-source must be auto or one of {', '.join(SPAN_PRIORITY)}, got {span_source!r}")
     out = Path(out)
