@@ -50,6 +50,23 @@ def _apply_mapping(names: list[str], mapping: dict[str, str | None], source: str
     return {n: mapping.get(n, n) if n in mapping else n for n in names}
 
 
+def iter_jsonl_objects(lines, source: str):
+    """Yields (line number, object, characters read so far) for each non-blank line of a JSONL
+    stream; a malformed line or a non-object is refused with its file and line number."""
+    done = 0
+    for n, line in enumerate(lines, start=1):
+        done += len(line)  # characters ~ bytes: good enough for a progress bar
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{source} line {n}: malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{source} line {n}: expected a JSON object, got {type(obj).__name__}")
+        yield n, obj, done
+
+
 def read_jsonl(path: Path, schema: pa.Schema, mapping: dict[str, str | None]) -> tuple[pa.Table, Where]:
     """One JSON object per line (blank lines skipped) -> a table of exactly ``schema``'s types for
     the keys present. Malformed lines, non-objects and values of the wrong type are refused."""
@@ -60,18 +77,9 @@ def read_jsonl(path: Path, schema: pa.Schema, mapping: dict[str, str | None]) ->
     with open(path, encoding="utf-8") as f, _progress(size, f"reading {path.name}") as bar:
         task = bar.add_task("read", total=size)
         done = 0
-        for n, line in enumerate(f, start=1):
-            done += len(line)  # characters ~ bytes: good enough for a progress bar
+        for n, obj, done in iter_jsonl_objects(f, source):
             if n % 10_000 == 0:
                 bar.update(task, completed=done)
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{source} line {n}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{source} line {n}: expected a JSON object, got {type(obj).__name__}")
             rows.append(obj)
             lines.append(n)
     where = Where(source, lines)

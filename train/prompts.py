@@ -17,7 +17,6 @@ column.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -48,19 +47,10 @@ def read_rows(src: str | Path, split: str | None = None) -> list[dict[str, Any]]
     if not path.exists():
         raise FileNotFoundError(f"prompt source {src} does not exist")
     if path.is_file() and path.suffix in (".jsonl", ".json"):
-        rows = []
+        from datastore.io import iter_jsonl_objects
+
         with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{src}:{i}: not valid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{src}:{i}: expected a JSON object per line")
-                rows.append(row)
-        return rows
+            return [obj for _, obj, _ in iter_jsonl_objects(f, str(src))]
     if path.is_file() and path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
