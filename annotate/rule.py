@@ -61,7 +61,6 @@ def annotate_lines(lines: list[str], reference: str | None, want_error: bool) ->
     error marks the answer; key spans mark the final step's result and the answer.
     """
     ref_steps = _steps_of(reference or "")
-    ref_answer = _answer_of(reference or "")
     results: list[tuple[int, int, re.Match]] = []  # (line index, stated result, match) of steps
     answer: tuple[int, int, re.Match] | None = None
     first_error: tuple[Pick, str] | None = None
