@@ -161,6 +161,28 @@ def test_rollouts_on_ray_hf_path_equals_local_generate_rollouts(tmp_path, ray_cl
         assert r == l
 
 
+def test_rollouts_generate_cli_with_ray_executor_writes_the_local_store(tmp_path, ray_cluster):
+    """`spanroute rollouts generate --executor ray`: same groups, same ids, same batch versions."""
+    from train.toy import build_tokenizer, tiny_model
+
+    tok = build_tokenizer()
+    ckpt = tmp_path / "tiny"
+    tiny_model(tok).save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+    args = ["rollouts", "generate", "--model", str(ckpt), "--toy", "5", "-n", "2", "--max-new-tokens", "10",
+            "--batch-size", "4", "--seed", "7"]
+    assert main(args + ["--store", str(tmp_path / "local")]) == 0
+    assert main(args + ["--store", str(tmp_path / "ray"), "--executor", "ray", "--ray-actors", "1"]) == 0
+    local, remote = Store(tmp_path / "local"), Store(tmp_path / "ray")
+    assert remote.latest_version() == local.latest_version() == 3  # 5 prompts, 2 per batch
+    l_rows, r_rows = local.read().to_pylist(), remote.read().to_pylist()
+    for r, l in zip(r_rows, l_rows, strict=True):
+        assert max(abs(a - b) for a, b in zip(r.pop("response_logprobs"), l.pop("response_logprobs"), strict=True)) < 1e-4
+        assert r == l
+    assert main(args + ["--store", str(tmp_path / "ray"), "--executor", "ray"]) == 0  # rerun: nothing to do
+    assert remote.latest_version() == 3
+
+
 def test_local_executor_is_the_plain_job_and_cli_refuses_an_address_without_ray(tmp_path, capsys):
     """No Ray needed: `LocalExecutor` gives what `annotate_store` without an executor gives."""
     from annotate.executor import LocalExecutor, make_executor

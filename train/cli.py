@@ -17,6 +17,8 @@ from rich.markup import escape
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# transformers' per-load "Loading weights" bars drown our own progress bars in long jobs
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from annotate.cli import annotate_app, skills_app  # noqa: E402
 from annotate.cli_ls import app as ls_app  # noqa: E402

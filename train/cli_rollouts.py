@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -21,18 +22,34 @@ TOY_MODEL = "toy"
 SMOLLM_MODEL = "smollm2"
 
 
-def setup_generator(model: str, backend: str, model_name: Optional[str], batch_size: int, device: Optional[str],
-                    dtype: str, vllm_args: Optional[str]):
-    """The generator for `--model` (`toy` = the cached SFT'd toy policy, `smollm2` = the converted
-    SmolLM2-135M-Instruct folder) and `--backend`."""
+def resolve_model(model: str) -> str:
+    """The model folder for `--model` (`toy` = the toy policy, `smollm2` = converted SmolLM2)."""
     from train.smollm import smollm2
     from train.toy import toy_policy
 
     shortcuts = {TOY_MODEL: toy_policy, SMOLLM_MODEL: smollm2}
     path = str(shortcuts[model]()) if model in shortcuts else model
-    name = model_name or model
     if not Path(path).is_dir():
         raise FileNotFoundError(f"--model {model}: not a folder (expected a transformers model folder, or 'toy')")
+    return path
+
+
+class _RayPlan:
+    """With --executor ray the driver loads no model: only the tokenizer (to render prompts) and the
+    names that make group ids, so `generate` reads the same as with a local generator."""
+
+    def __init__(self, path: str, model_name: str, backend: str):
+        from transformers import AutoTokenizer
+
+        self.path, self.model_name, self.backend = path, model_name, backend
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+
+
+def setup_generator(model: str, backend: str, model_name: Optional[str], batch_size: int, device: Optional[str],
+                    dtype: str, vllm_args: Optional[str]):
+    """The generator for `--model` (`toy` = the cached SFT'd toy policy, `smollm2` = the converted
+    SmolLM2-135M-Instruct folder) and `--backend`."""
+    path, name = resolve_model(model), model_name or model
     if backend == "hf":
         from train.rollout import HFGenerator
 
@@ -115,6 +132,12 @@ def generate(
     vllm_args: Optional[str] = typer.Option(None, "--vllm-args", help="JSON of extra vllm.LLM arguments, e.g. "
                                             "'{\"gpu_memory_utilization\": 0.1, \"enforce_eager\": true}'."),
     tag: Optional[str] = typer.Option(None, "--tag", help="Tag the final version (e.g. gen-run1)."),
+    executor: str = typer.Option("local", "--executor", help="local (this process) or ray (a Ray Data actor "
+                                 "pool generates every missing group; the driver still writes batch by batch, "
+                                 "so the store ends identical to a local run)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join with --executor ray "
+                                              "(default: start a local Ray)."),
+    ray_actors: int = typer.Option(2, "--ray-actors", min=1, help="Most Ray generation actors at once."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice; "
                                           "1 is often fastest for small models on a busy machine)."),
 ) -> None:
@@ -152,7 +175,12 @@ def generate(
     if n < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ValueError("-n, --batch-size and --max-new-tokens must be at least 1")
     get_verifier(verifier)  # fail before loading a model
-    gen = setup_generator(model, backend, model_name, batch_size, device, dtype, vllm_args)
+    if executor not in ("local", "ray"):
+        raise ValueError(f"--executor {executor!r}: expected local or ray")
+    if executor == "ray":
+        gen = _RayPlan(resolve_model(model), model_name or model, backend)
+    else:
+        gen = setup_generator(model, backend, model_name, batch_size, device, dtype, vllm_args)
     records, source = setup_prompts(prompts, toy, toy_seed, gen.tokenizer, mapping, split, system, limit)
     sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, stop=tuple(stop))
     samp = sampling_json(sampling, n=n, seed=seed, backend=gen.backend)
@@ -166,6 +194,15 @@ def generate(
     todo = sum(1 for r in records if group_id_of(r.prompt_id, gen.model_name, samp) not in done)
     console.print(f"{len(records)} prompts x {n} samples; {len(records) - todo} groups already stored, {todo} to go")
 
+    generate_batch = partial(generate_rollouts, gen, n=n, sampling=sampling, seed=seed, verifier=verifier)
+    if executor == "ray":  # one Ray job for every missing group (actor start-up is paid once)
+        from train.ray_generate import rollouts_on_ray
+
+        pending = [r for r in records if group_id_of(r.prompt_id, gen.model_name, samp) not in done]
+        rows = rollouts_on_ray(pending, checkpoint=gen.path, model_name=gen.model_name, n=n, sampling=sampling,
+                               seed=seed, verifier=verifier, backend=backend, actors=ray_actors,
+                               address=ray_address) if pending else None
+        generate_batch = partial(_rows_of, rows)
     written, correct, tokens, t0, version = 0, 0, 0, time.time(), store.latest_version()
     with Progress(TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TextColumn("groups"),
                   TimeElapsedColumn(), TextColumn("{task.fields[acc]}"), console=console) as bar:
@@ -174,7 +211,7 @@ def generate(
             batch = [r for r in batch if group_id_of(r.prompt_id, gen.model_name, samp) not in done]
             if not batch:
                 continue
-            table = generate_rollouts(gen, batch, n=n, sampling=sampling, seed=seed, verifier=verifier)
+            table = generate_batch(batch)
             lineage = Lineage(
                 stage="generate",
                 model=gen.model_name,
@@ -195,3 +232,15 @@ def generate(
                       f"accuracy {correct / written:.1%}; {tokens / max(secs, 1e-9):.0f} tokens/s")
     else:
         console.print(f"nothing to do: every group is already in {store_dir} (version {version})")
+
+
+def _rows_of(table, batch):
+    """The rows of `batch`'s prompts from a table generated ahead (prompt order, then sample index)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = pa.array([r.prompt_id for r in batch], pa.string())
+    sub = table.filter(pc.is_in(table["prompt_id"], value_set=ids))
+    order = pc.index_in(sub["prompt_id"], value_set=ids)
+    return sub.take(pc.sort_indices(pa.table({"o": order, "i": pa.array(range(sub.num_rows))}),
+                                    sort_keys=[("o", "ascending"), ("i", "ascending")]))
