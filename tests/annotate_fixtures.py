@@ -50,3 +50,28 @@ def toy_records(n: int, seed: int = 0, group: int = 4) -> list[dict]:
             "error_type": None, "skill": None, "kind": kind,
         })
     return out
+
+
+def make_store(path, n: int, seed: int = 0):
+    """A store whose version 1 holds `n` toy rollouts (about half incorrect)."""
+    import pyarrow as pa
+
+    from datastore import Lineage, Store
+    from datastore.schema import ROLLOUT_SCHEMA
+
+    names = {f.name for f in ROLLOUT_SCHEMA}
+    rows = [{k: v for k, v in r.items() if k in names} for r in toy_records(n, seed=seed)]
+    st = Store(path)
+    st.write(pa.Table.from_pylist(rows), message="toy rollouts", lineage=Lineage(stage="generate", model="toy"))
+    return st
+
+
+def annotated(st) -> list[dict]:
+    """The columns an annotation job writes, sorted by rollout_id."""
+    rows = st.read(columns=["rollout_id", "spans", "error_type", "annotation"]).to_pylist()
+    return sorted(rows, key=lambda r: r["rollout_id"])
+
+
+def api_args(store, url: str, *extra: str) -> list[str]:
+    return ["annotate", "api", "--store", str(store), "--base-url", url, "--model", "scripted",
+            "--price-in", "1", "--price-out", "2", "--concurrency", "8", "--timeout", "5", "--no-progress", *extra]

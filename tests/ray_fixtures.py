@@ -7,31 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pyarrow as pa
 
-from annotate_fixtures import toy_records
-from datastore import Lineage, Store
-from datastore.schema import ROLLOUT_SCHEMA
-
-
-def make_store(path: Path, n: int, seed: int = 0) -> Store:
-    """A store whose version 1 holds `n` toy rollouts (about half incorrect)."""
-    names = {f.name for f in ROLLOUT_SCHEMA}
-    rows = [{k: v for k, v in r.items() if k in names} for r in toy_records(n, seed=seed)]
-    st = Store(path)
-    st.write(pa.Table.from_pylist(rows), message="toy rollouts", lineage=Lineage(stage="generate", model="toy"))
-    return st
-
-
-def annotated(st: Store) -> list[dict]:
-    """The columns an annotation job writes, sorted by rollout_id."""
-    rows = st.read(columns=["rollout_id", "spans", "error_type", "annotation"]).to_pylist()
-    return sorted(rows, key=lambda r: r["rollout_id"])
-
-
-def api_args(store: Path, url: str, *extra: str) -> list[str]:
-    return ["annotate", "api", "--store", str(store), "--base-url", url, "--model", "scripted",
-            "--price-in", "1", "--price-out", "2", "--concurrency", "8", "--timeout", "5", "--no-progress", *extra]
+from annotate_fixtures import annotated, api_args, make_store  # noqa: F401 - re-exported for the Ray tests
 
 
 class PidReporting:

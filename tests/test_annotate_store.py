@@ -22,36 +22,18 @@ datastore = pytest.importorskip("datastore")
 if not hasattr(datastore, "Store"):  # pragma: no cover - before the datastore branch is merged
     pytest.skip("datastore.Store not merged yet", allow_module_level=True)
 
-from datastore import Lineage, Store  # noqa: E402
+from datastore import Store  # noqa: E402
 from datastore.schema import ROLLOUT_SCHEMA  # noqa: E402
 
 from annotate.scripted_server import FaultPlan, ScriptedServer, ToyOracle  # noqa: E402
 from train.cli import main  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from annotate_fixtures import toy_records  # noqa: E402
+from annotate_fixtures import annotated, api_args, make_store  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-planted-store-key-77777777"
 CONTENT = ToyOracle(p_malformed=0.04, p_out_of_range=0.04, p_bad_quote=0.04)
-
-
-def make_store(path: Path, n: int, seed: int = 0) -> Store:
-    names = {f.name for f in ROLLOUT_SCHEMA}
-    rows = [{k: v for k, v in r.items() if k in names} for r in toy_records(n, seed=seed)]
-    st = Store(path)
-    st.write(pa.Table.from_pylist(rows), message="toy rollouts", lineage=Lineage(stage="generate", model="toy"))
-    return st
-
-
-def annotated(st: Store) -> list[dict]:
-    rows = st.read(columns=["rollout_id", "spans", "error_type", "annotation"]).to_pylist()
-    return sorted(rows, key=lambda r: r["rollout_id"])
-
-
-def api_args(store: Path, url: str, *extra: str) -> list[str]:
-    return ["annotate", "api", "--store", str(store), "--base-url", url, "--model", "scripted",
-            "--price-in", "1", "--price-out", "2", "--concurrency", "8", "--timeout", "5", "--no-progress", *extra]
 
 
 def test_rule_writes_one_version_with_lineage_and_replaces_only_its_own_spans(tmp_path, capsys):
