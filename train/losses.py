@@ -14,6 +14,11 @@ Shapes are in the names: B sequences, T response tokens, N selected rows (e.g. s
 V vocabulary, K top-k. Log-probs and KLs are in nats. Reductions run in float32 whatever the input
 dtype (bfloat16 sums over a 150k vocabulary lose too much).
 
+Inputs: per-token tensors may hold anything in masked (padding) slots — −1e9 sentinels, ±inf,
+nan: those slots are set to 0 before any arithmetic, so the loss and the (finite) gradients are
+exactly those of a clean batch, and the gradient there is 0. Rewards and advantages may come in
+any real dtype (bool, int, float16 … float64), as numpy arrays or lists.
+
 Departures from the papers, stated once:
 - `aggregate` counts are global: pass `num_tokens` / `num_seqs` of the whole optimizer step
   (all micro-batches, all ranks) so that summing micro-batch losses gives the full-batch loss.
@@ -41,9 +46,30 @@ AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 # --------------------------------------------------------------------------- advantages, GRPO
 
 
-def _up(x: Tensor) -> Tensor:
-    """At least float32 (bfloat16/float16 → float32; float64 stays)."""
+def _up(x: Tensor | Any) -> Tensor:
+    """A real tensor of at least float32 (bool/int/bfloat16/float16 → float32; float64 stays).
+
+    Accepts tensors of any real dtype, numpy arrays and Python numbers or sequences."""
+    x = torch.as_tensor(x)
+    if x.is_complex():
+        raise TypeError(f"expected real values, got {x.dtype}")
     return x if x.dtype == torch.float64 else x.float()
+
+
+def _masked(x_BT: Tensor | Any, mask_BT: Tensor) -> Tensor:
+    """`x` (upcast) with masked-out slots replaced by 0 *before* any arithmetic.
+
+    Reading a padding slot holding ``nan``/``±inf``/−1e9 through ``exp`` or a difference, and
+    zeroing the result only at the end, leaves ``0 · nan`` in the backward pass; a `where` first
+    gives those slots an exact zero gradient and nothing to leak."""
+    x = _up(x_BT)
+    return torch.where(mask_BT.to(x.device), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def _row_values(x_B: Tensor | Any, mask_BT: Tensor) -> Tensor:
+    """Per-sequence values (advantages) with rows that hold no response token set to 0 first."""
+    x = _up(x_B)
+    return torch.where(mask_BT.to(x.device).any(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def _group_index(group_ids_B: Tensor | Sequence[Any], device: torch.device) -> Tensor:
@@ -59,6 +85,8 @@ def group_advantages(
 ) -> Tensor:
     """Group-relative advantages: (R − group mean) / (group population std + eps).
 
+    `rewards_B` may be a tensor of any real dtype (bool, int, float16 … float64), a numpy array or
+    a list; the statistics run in float32 (float64 for float64 input), the result's dtype.
     `group_ids_B` may be a tensor or a sequence of hashables (e.g. the `group_id` strings).
     `scale=False` gives R − mean (Dr. GRPO). A group of one sample gets advantage 0.
     """
@@ -67,11 +95,12 @@ def group_advantages(
     if gid.shape != rewards.shape:
         raise ValueError(f"group_advantages: {rewards.shape[0]} rewards but {gid.shape[0]} group ids")
     n_groups = int(gid.max()) + 1 if gid.numel() else 0
-    count_G = torch.zeros(n_groups, device=rewards.device).index_add_(0, gid, torch.ones_like(rewards))
-    mean_G = torch.zeros(n_groups, device=rewards.device).index_add_(0, gid, rewards) / count_G
+    zeros_G = torch.zeros(n_groups, dtype=rewards.dtype, device=rewards.device)
+    count_G = zeros_G.index_add(0, gid, torch.ones_like(rewards))
+    mean_G = zeros_G.index_add(0, gid, rewards) / count_G
     centred = rewards - mean_G[gid]
     if scale:
-        var_G = torch.zeros(n_groups, device=rewards.device).index_add_(0, gid, centred**2) / count_G
+        var_G = zeros_G.index_add(0, gid, centred**2) / count_G
         centred = centred / (var_G.sqrt()[gid] + eps)
     # a singleton group has nothing to be relative to
     return torch.where(count_G[gid] > 1, centred, torch.zeros_like(centred))
@@ -86,7 +115,7 @@ def grpo_token_loss(
 ) -> Tensor:
     """Clipped surrogate per token, unaggregated: −min(r·A, clip(r, 1−clip_low, 1+clip_high)·A)."""
     ratio_BT = torch.exp(_up(logprobs_BT) - _up(old_logprobs_BT))
-    adv_B1 = _up(advantages_B).unsqueeze(-1)
+    adv_B1 = _up(advantages_B).to(ratio_BT).unsqueeze(-1)
     unclipped = ratio_BT * adv_B1
     clipped = torch.clamp(ratio_BT, 1.0 - clip_low, 1.0 + clip_high) * adv_B1
     return -torch.minimum(unclipped, clipped)
@@ -109,10 +138,10 @@ def aggregate(
     Pass the global counts of the optimizer step (all micro-batches and ranks) as `num_tokens` /
     `num_seqs` so that the sum of micro-batch results equals the full-batch result. For
     seq-mean-token-sum-norm the micro-batches must share `max_len` (pass it if padding differs).
-    Masked-out values are never read (NaN there is harmless).
+    Masked-out values are never read (NaN there is harmless, in the value and its gradient).
     """
     mask = mask_BT.bool()
-    v = torch.where(mask, _up(values_BT), 0.0)
+    v = _masked(values_BT, mask)
     if mode == "token-mean":
         denom = mask.sum() if num_tokens is None else num_tokens
         return v.sum() / torch.clamp(torch.as_tensor(denom, device=v.device, dtype=v.dtype), min=1.0)
@@ -287,9 +316,10 @@ def grpo_loss(
 ) -> tuple[Tensor, dict[str, float]]:
     """Plain GRPO: aggregate(grpo_token_loss)."""
     mask = response_mask_BT.bool()
-    g_BT = grpo_token_loss(logprobs_BT, old_logprobs_BT, advantages_B, clip_low, clip_high)
+    lp, old = _masked(logprobs_BT, mask), _masked(old_logprobs_BT, mask)
+    g_BT = grpo_token_loss(lp, old, _row_values(advantages_B, mask), clip_low, clip_high)
     loss = aggregate(g_BT, mask, agg, num_tokens, num_seqs)
-    metrics = {"loss": _f(loss), "grpo_loss": _f(loss), **_grpo_metrics(logprobs_BT, old_logprobs_BT, mask, clip_low, clip_high)}
+    metrics = {"loss": _f(loss), "grpo_loss": _f(loss), **_grpo_metrics(lp, old, mask, clip_low, clip_high)}
     return loss, metrics
 
 
@@ -318,8 +348,9 @@ def trace_loss(
     """
     mask = response_mask_BT.bool()
     span = span_mask_BT.bool() & mask
-    g_BT = grpo_token_loss(logprobs_BT, old_logprobs_BT, advantages_B, clip_low, clip_high)
-    metrics = _grpo_metrics(logprobs_BT, old_logprobs_BT, mask, clip_low, clip_high)
+    lp, old = _masked(logprobs_BT, mask), _masked(old_logprobs_BT, mask)
+    g_BT = grpo_token_loss(lp, old, _row_values(advantages_B, mask), clip_low, clip_high)
+    metrics = _grpo_metrics(lp, old, mask, clip_low, clip_high)
     if kl_coef == 0:
         pg = aggregate(g_BT, mask, agg, num_tokens, num_seqs)
         loss = pg
@@ -327,14 +358,14 @@ def trace_loss(
     else:
         w_BT = torch.where(span, 1.0 - kl_coef / kl_coef_max, 1.0)
         pg = aggregate(w_BT * g_BT, mask, agg, num_tokens, num_seqs)
-        kl_BT = torch.where(span, _up(span_kl_BT), 0.0)
+        kl_BT = _masked(span_kl_BT, span)
         per_seq_B = kl_BT.sum(-1) / torch.clamp(mask.sum(-1), min=1)
         n_seqs = per_seq_B.shape[0] if num_seqs is None else num_seqs
         kl_term = per_seq_B.sum() / torch.as_tensor(n_seqs, dtype=per_seq_B.dtype, device=per_seq_B.device)
         loss = pg + kl_coef * kl_term
     with torch.no_grad():
         n_span = span.sum()
-        span_kl_mean = torch.where(span, _up(span_kl_BT), 0.0).sum() / torch.clamp(n_span, min=1)
+        span_kl_mean = _masked(span_kl_BT, span).sum() / torch.clamp(n_span, min=1)
         metrics.update(
             loss=_f(loss),
             pg_loss=_f(pg),
@@ -373,14 +404,14 @@ def skill_sd_loss(
     (lp − lq)·∇lp, the on-policy reverse-KL gradient.
     """
     mask = response_mask_BT.bool()
-    lp = _up(logprobs_BT)
-    u_BT = lp - _up(teacher_logprobs_BT.detach())
-    rho_BT = torch.exp(lp - _up(old_logprobs_BT.detach()))
-    g_BT = grpo_token_loss(logprobs_BT, old_logprobs_BT, advantages_B, clip_low, clip_high)
+    lp, old = _masked(logprobs_BT, mask), _masked(old_logprobs_BT, mask)
+    u_BT = lp - _masked(torch.as_tensor(teacher_logprobs_BT).detach(), mask)
+    rho_BT = torch.exp(lp - old.detach())
+    g_BT = grpo_token_loss(lp, old, _row_values(advantages_B, mask), clip_low, clip_high)
     pg = aggregate(g_BT, mask, agg, num_tokens, num_seqs)
     kl = aggregate(rho_BT * k3(u_BT), mask, agg, num_tokens, num_seqs)
     loss = pg + coef * kl
-    metrics = _grpo_metrics(logprobs_BT, old_logprobs_BT, mask, clip_low, clip_high)
+    metrics = _grpo_metrics(lp, old, mask, clip_low, clip_high)
     metrics.update(loss=_f(loss), pg_loss=_f(pg), kl_sampled_k3=_f(kl), coef=float(coef))
     return loss, metrics
 
