@@ -80,34 +80,81 @@ def tokenizer_hash(tokenizer_dir: str | Path) -> str:
     return h.hexdigest()
 
 
-def response_offsets(tokenizer: Any, response: str, ids: list[int]) -> np.ndarray:
-    """Code-point offsets ``[T, 2]`` of each sampled token inside `response`.
+def _tokenizer_name(tokenizer: Any) -> str:
+    return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
 
-    Fast path: re-tokenise the text with offsets and use them when the ids agree, allowing
-    trailing special tokens (the final EOS is in the ids but not in the text) which get the empty
-    range at the end. Otherwise (a sampled segmentation the tokenizer would not produce) decode
-    prefixes: token t covers ``[len(decode(ids[:t])), len(decode(ids[:t+1])))``; a token ending
-    inside a multi-byte character gets an empty range and the next one covers the character.
+
+def response_offsets(tokenizer: Any, response: str, ids: list[int]) -> np.ndarray:
+    """Code-point offsets ``[T, 2]`` (end exclusive) of each sampled token inside `response`.
+
+    Fast path: re-tokenise the text with offsets and use them when the ids agree (trailing special
+    tokens allowed: the final EOS is in the ids, not in the text, and gets the empty range at the
+    end) **and** every non-special token has ``start < end``. Some fast tokenizers report empty
+    offsets for real tokens — Llama-3's ``(0,0),(3,3),(7,7),…`` (tokenizers < 0.20.1 with
+    ``ignore_merges``), whitespace-only tokens under ``trim_offsets`` — and trusting those would
+    route no token at all. Otherwise (or for a sampled segmentation the tokenizer would not
+    produce) decode prefixes: token t covers ``[len(decode(ids[:t])), len(decode(ids[:t+1])))``;
+    special tokens get an empty range, and every piece of a character split over several tokens
+    (byte-level BPE) carries that character, as the fast byte-level offsets do.
+
+    Raises ValueError naming the tokenizer when the decoded prefixes are not prefixes of
+    `response` (a tokenizer whose decode does not give back the text), since then no offset can
+    be trusted.
     """
     enc = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
     n = len(enc["input_ids"])
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     if list(enc["input_ids"]) == list(ids[:n]) and all(i in special for i in ids[n:]):
-        out = np.full((len(ids), 2), len(response), dtype=np.int64)
-        if n:
-            out[:n] = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
-        return out
+        om = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+        real = np.array([i not in special for i in ids[:n]], dtype=bool)
+        if bool((om[real, 0] < om[real, 1]).all()):
+            out = np.full((len(ids), 2), len(response), dtype=np.int64)
+            out[:n] = om
+            return out
+    return _decoded_offsets(tokenizer, response, ids, special)
+
+
+def _decoded_offsets(tokenizer: Any, response: str, ids: list[int], special: set[int]) -> np.ndarray:
     out = np.zeros((len(ids), 2), dtype=np.int64)
     prev = 0
     for t in range(len(ids)):
-        text = tokenizer.decode(ids[: t + 1], skip_special_tokens=False)
-        k = len(text)
-        if text.endswith("\ufffd") and response[:k] != text:  # an unfinished UTF-8 sequence
-            k = len(text.rstrip("\ufffd"))
-        k = min(max(k, prev), len(response))
+        if ids[t] in special:
+            out[t] = (prev, prev)
+            continue
+        text = tokenizer.decode(ids[: t + 1], skip_special_tokens=True)
+        partial = text.endswith("\ufffd") and not response.startswith(text)  # an unfinished UTF-8 sequence
+        text = text.rstrip("\ufffd") if partial else text
+        if partial and response.startswith(text) and len(text) < len(response):
+            # a piece of the next character: it carries that character, as fast byte-level offsets do
+            out[t] = (min(prev, len(text)), len(text) + 1)
+            prev = max(prev, len(text))
+            continue
+        if not response.startswith(text):
+            raise ValueError(
+                f"tokenizer {_tokenizer_name(tokenizer)}: its offsets are empty or disagree with the ids, and "
+                f"decoding token {t} gives {text[-40:]!r}, which is not how the response goes on "
+                f"({response[max(prev - 20, 0): prev + 20]!r}); spans cannot be placed on its tokens")
+        k = max(len(text), prev)
         out[t] = (prev, k)
         prev = k
     return out
+
+
+def check_routes(spans: list[dict], offsets: np.ndarray, route: np.ndarray, where: str) -> dict[str, int]:
+    """The spans-to-routes round trip of one row: every span must reach at least one token.
+
+    A token reaches a span when its (non-empty) code-point range overlaps it; the token's route is
+    then the span's label, or ``error`` where an error span shares it (spans.routes' rule).
+    Raises ValueError naming the row and span that no token covers (a span would be lost
+    silently). Returns ``{"key": tokens routed 1, "error": tokens routed 2, "spans": n}``.
+    """
+    s_T, e_T = offsets[:, 0], offsets[:, 1]
+    for sp in spans:
+        hit = (s_T < sp["end"]) & (e_T > sp["start"]) & (s_T < e_T)
+        if not hit.any() or not (route[hit] > 0).all():
+            raise ValueError(f"{where}: the {sp['label']} span [{sp['start']}, {sp['end']}) {sp.get('text')!r} "
+                             f"routes no token; the tokenizer's offsets lose it")
+    return {"key": int((route == 1).sum()), "error": int((route == 2).sum()), "spans": len(spans)}
 
 
 def choose_spans(spans: list[dict] | None, span_source: str) -> tuple[list[dict], str | None]:
@@ -144,10 +191,7 @@ def _tokenize(tokenizer: Any, text: str) -> list[int]:
 def rows_to_shard(table: pa.Table, tokenizer: Any, *, span_source: str = "auto",
                   templates: tuple[str, ...] = ("reference",)) -> pa.Table:
     """Convert rollout rows (ROLLOUT_SCHEMA columns) into shard rows; pure, row order kept."""
-    try:  # the spans package owns the char -> token rule
-        from spans import token_routes
-    except ImportError:
-        from spans.routes import token_routes
+    from spans import token_routes  # the spans package owns the char -> token rule
 
     out: dict[str, list] = {f.name: [] for f in shard_schema(templates)}
     for i, row in enumerate(table.to_pylist()):
@@ -165,6 +209,7 @@ def rows_to_shard(table: pa.Table, tokenizer: Any, *, span_source: str = "auto",
         offsets = response_offsets(tokenizer, row["response"], ids)
         route = np.asarray(token_routes(spans, offsets, len(ids)), dtype=np.int8) if spans else \
             np.zeros(len(ids), dtype=np.int8)
+        check_routes(spans, offsets, route, f"{where} (tokenizer {_tokenizer_name(tokenizer)})")
         out["rollout_id"].append(row["rollout_id"])
         out["group_id"].append(row["group_id"])
         out["prompt_id"].append(row["prompt_id"])
@@ -238,6 +283,7 @@ def build_shards_from_table(table: pa.Table, tokenizer_dir: str | Path, out: str
     shards: list[dict] = []
     sources: dict[str, int] = {}
     span_tokens = total_tokens = 0
+    routed = {"key": 0, "error": 0}  # response tokens routed to each channel (every span reaches >= 1)
     for k, idx in enumerate(chunks):
         name = f"shard-{k:05d}.parquet"
         path = out / name
@@ -255,12 +301,14 @@ def build_shards_from_table(table: pa.Table, tokenizer_dir: str | Path, out: str
             sources[str(s)] = sources.get(str(s), 0) + 1
         routes = shard.column("route").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         span_tokens += int((routes > 0).sum())
+        routed["key"] += int((routes == 1).sum())
+        routed["error"] += int((routes == 2).sum())
         total_tokens += int(routes.size)
         if progress is not None:
             progress(k + 1, len(chunks))
     manifest = {**key_doc, "build_key": build_key, "shards": shards, "groups": len(set(table.column("group_id").to_pylist())),
                 "rows_by_span_source": sources, "response_tokens": total_tokens,
-                "span_token_fraction": span_tokens / max(total_tokens, 1)}
+                "span_token_fraction": span_tokens / max(total_tokens, 1), "routed_span_tokens": routed}
     manifest_path.write_text(json.dumps(manifest, indent=1, default=str))
     progress_path.unlink(missing_ok=True)
     return manifest
