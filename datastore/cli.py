@@ -53,11 +53,20 @@ def import_(
         help="Rename a source column: --map text=response. Drop one: --map junk= . Repeatable.",
     ),
     message: str = typer.Option("", "--message", help="Version message (default: 'import SRC')."),
+    correct_above: float = typer.Option(
+        0.0, "--correct-above",
+        help="Rows with a reward but no `correct` get correct = reward > this (default 0).",
+    ),
 ) -> None:
     """Append the rows of SRC as a new version.
 
-    Columns must be (or be mapped to) the rollout schema's names; rollout_id, prompt_id, group_id,
-    prompt and response are required, the others are filled with nulls. Types are never guessed: a
+    Columns must be (or be mapped to) the rollout schema's names; prompt and response are required,
+    the others are filled with nulls. Missing ids are derived as `rollouts generate` makes them:
+    prompt_id = sha256(prompt)[:16]; group_id from prompt_id and model (the rows of one prompt from
+    one model are one group; map a column to group_id to group otherwise); rollout_id from group,
+    prompt, response, model and the row's index in its group; and `correct` = reward >
+    --correct-above where only `reward` is given. What was derived is printed and kept in the
+    version's lineage. Types are never guessed: a
     value of the wrong type, a malformed JSONL line, a duplicate rollout_id or a span whose text
     is not response\\[start:end] (offsets in code points) is refused with its file, line and column,
     and nothing is written.
@@ -66,9 +75,11 @@ def import_(
     from datastore.lineage import Lineage
 
     s = _store(store)
-    v = s.import_(src, parse_mapping(map_), message, Lineage(stage="import"))
-    rows = s.version_info(v).lineage.get("rows_written", "?")
-    _console().print(f"imported {rows} rows from {src} -> {store} version {v}")
+    v = s.import_(src, parse_mapping(map_), message, Lineage(stage="import"), correct_above=correct_above)
+    lineage = s.version_info(v).lineage
+    for line in (lineage.get("extra") or {}).get("derived") or []:
+        _console().print(line, highlight=False)
+    _console().print(f"imported {lineage.get('rows_written', '?')} rows from {src} -> {store} version {v}")
 
 
 @app.command("log")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from datastore.schema import ROLLOUT_SCHEMA
 from datastore.validate import DataError, Where, python_column
 
 FORMATS = ("hf", "parquet", "jsonl")
@@ -192,3 +193,64 @@ def export_table(table: pa.Table | None, to: Path, format: str, *, hf=None) -> P
         if tmp.exists():
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
     return to
+
+
+def derive_missing(table: pa.Table, *, correct_above: float = 0.0) -> tuple[pa.Table, list[str]]:
+    """Fill the ids and `correct` that rollouts from another tool lack, as `rollouts generate` would.
+
+    For rows where a column is absent or null (mapped columns are kept as they are):
+
+    - ``prompt_id`` = ``train.toy.prompt_id_of(prompt)``: 16 hex chars of sha256 of the prompt text;
+    - ``group_id`` = ``train.rollout.group_id_of(prompt_id, model or "", "")``: the rows of one
+      prompt from one model form one group (map a ``group_id`` column to group otherwise);
+    - ``rollout_id`` = ``train.rollout.rollout_id_of(group_id, prompt_id, response, model or "",
+      index)``, index = the row's position within its group in the source's order;
+    - ``correct`` = ``reward > correct_above`` where `reward` is set.
+
+    Returns the table and one line per derived column saying what was derived for how many rows.
+    A row lacking `prompt` or `response` is left as it is (the write refuses it, naming the row).
+    """
+    from train.rollout import group_id_of, rollout_id_of  # the rollouts stage owns the id formulas
+    from train.toy import prompt_id_of
+
+    n = table.num_rows
+    col = {c: table.column(c).to_pylist() if c in table.column_names else [None] * n
+           for c in ("prompt", "response", "model", "prompt_id", "group_id", "rollout_id", "reward", "correct")}
+    notes: list[str] = []
+    derived: dict[str, list] = {}
+
+    def fill(name: str, value, formula: str) -> None:
+        old = col[name]
+        todo = [i for i in range(n) if old[i] is None and col["prompt"][i] is not None
+                and col["response"][i] is not None]
+        if name == "correct":
+            todo = [i for i in range(n) if old[i] is None and col["reward"][i] is not None]
+        if not todo:
+            return
+        new = list(old)
+        for i in todo:
+            new[i] = value(i)
+        col[name] = derived[name] = new
+        notes.append(f"derived {name} = {formula} for {len(todo)} of {n} rows")
+
+    fill("prompt_id", lambda i: prompt_id_of(col["prompt"][i]), "sha256(prompt)[:16]")
+    fill("group_id", lambda i: group_id_of(col["prompt_id"][i], col["model"][i] or "", ""),
+         "group_id_of(prompt_id, model, '')")
+    if "group_id" in derived:
+        notes[-1] += f" ({len({g for g in col['group_id'] if g is not None})} groups)"
+    index: dict[str, int] = {}
+    seq = [index.__setitem__(g, index.get(g, -1) + 1) or index[g] for g in col["group_id"]]
+    fill("rollout_id", lambda i: rollout_id_of(col["group_id"][i], col["prompt_id"][i], col["response"][i],
+                                               col["model"][i] or "", seq[i]),
+         "rollout_id_of(group_id, prompt_id, response, model, index in group)")
+    fill("correct", lambda i: float(col["reward"][i]) > correct_above, f"reward > {correct_above:g}")
+    if "correct" in derived:
+        notes[-1] += f" ({sum(bool(c) for c in col['correct'])} correct)"
+    for name, values in derived.items():
+        field = ROLLOUT_SCHEMA.field(name)
+        arr = pa.array(values, type=field.type)
+        if name in table.column_names:
+            table = table.set_column(table.column_names.index(name), field, arr)
+        else:
+            table = table.append_column(field, arr)
+    return table, notes

@@ -231,16 +231,21 @@ class Store:
         mapping: dict[str, str | None] | None = None,
         message: str = "",
         lineage: Lineage | None = None,
+        *,
+        correct_above: float = 0.0,
     ) -> int:
         """Append the rows of a JSONL / Parquet / HF datasets source (see ``datastore.io``);
-        ``mapping`` renames source columns (``{"src": "dst"}``) or drops them (``{"src": None}``)."""
-        from datastore.io import read_source
+        ``mapping`` renames source columns (``{"src": "dst"}``) or drops them (``{"src": None}``).
+        Missing ids and ``correct`` are derived (``datastore.io.derive_missing``, with
+        `correct_above`); the lines saying what was derived go to the lineage as ``derived``."""
+        from datastore.io import derive_missing, read_source
 
         ds = self._open()
         target = ROLLOUT_SCHEMA if ds is None else ds.schema
         table, where = read_source(src, target, mapping)
+        table, derived = derive_missing(table, correct_above=correct_above)
         lin = lineage or Lineage(stage="import")
-        lin = replace(lin, extra={**lin.extra, "source": str(src), "mapping": mapping or {}})
+        lin = replace(lin, extra={**lin.extra, "source": str(src), "mapping": mapping or {}, "derived": derived})
         return self.write(table, message or f"import {src}", lin, where=where)
 
     def _create(self, tbl: pa.Table, props: dict[str, str]) -> int:
