@@ -80,12 +80,10 @@ def select_rows(store, version: str | None, *, rollout: str | None, limit: int, 
     """Stream the store's rows and keep the first ``limit`` that match (never loads all responses)."""
     import pyarrow.compute as pc
 
-    # Store.dataset (the Lance dataset) streams batches; the contract's read() is the fallback.
-    ds_or_table = store.dataset(version) if hasattr(store, "dataset") else store.read(version=version)
-    available = set(ds_or_table.schema.names)
+    ds = store.dataset(version)  # the Lance dataset streams batches
+    available = set(ds.schema.names)
     columns = [c for c in COLUMNS if c in available]
-    batches = (ds_or_table.to_batches(columns=columns) if hasattr(ds_or_table, "scanner")
-               else ds_or_table.select(columns).to_batches())
+    batches = ds.to_batches(columns=columns)
     out: list[dict] = []
     matches: list[dict] = []
     for batch in batches:

@@ -18,15 +18,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-datastore = pytest.importorskip("datastore")
-if not hasattr(datastore, "Store"):  # pragma: no cover - before the datastore branch is merged
-    pytest.skip("datastore.Store not merged yet", allow_module_level=True)
+from datastore import Store
+from datastore.schema import ROLLOUT_SCHEMA
 
-from datastore import Store  # noqa: E402
-from datastore.schema import ROLLOUT_SCHEMA  # noqa: E402
-
-from annotate.scripted_server import FaultPlan, ScriptedServer, ToyOracle  # noqa: E402
-from train.cli import main  # noqa: E402
+from annotate.scripted_server import FaultPlan, ScriptedServer, ToyOracle
+from train.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
 from annotate_fixtures import annotated, api_args, make_store  # noqa: E402

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-ray = pytest.importorskip("ray")
-pytest.importorskip("lance_ray")
+import lance_ray  # noqa: F401 - required by the ray extra: a broken install fails here, never skips
+import ray
 
 from datastore import Store  # noqa: E402
 

@@ -5,12 +5,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
+import datastore
 from spans import Span, spans_to_arrow
 from train.cli import main
-
-datastore = pytest.importorskip("datastore")
-if not hasattr(datastore, "Store"):
-    pytest.skip("the datastore (issue #2) is not built in this checkout yet", allow_module_level=True)
 
 RESPONSES = ["Step 1: 𝑥 = 17 + 25 = 42\r\nAnswer: 42", "Step 1: 3 * 4 = 13 <oops>\nAnswer: 13", "Answer: 7"]
 
