@@ -221,10 +221,11 @@ def derive_missing(table: pa.Table, *, correct_above: float = 0.0) -> tuple[pa.T
 
     def fill(name: str, value, formula: str) -> None:
         old = col[name]
-        todo = [i for i in range(n) if old[i] is None and col["prompt"][i] is not None
-                and col["response"][i] is not None]
+        # derive only from values of the right type; anything else is left for the write to refuse
+        todo = [i for i in range(n) if old[i] is None and isinstance(col["prompt"][i], str)
+                and isinstance(col["response"][i], str)]
         if name == "correct":
-            todo = [i for i in range(n) if old[i] is None and col["reward"][i] is not None]
+            todo = [i for i in range(n) if old[i] is None and isinstance(col["reward"][i], (int, float))]
         if not todo:
             return
         new = list(old)

@@ -128,6 +128,16 @@ def test_untrusted_offsets_and_a_decode_that_differs_are_refused_naming_the_toke
     assert token_routes([_span(text, "OK", "key")], om, len(om)).tolist() == [0, 0, 1, 0, 0]
 
 
+def test_tokens_past_the_text_get_the_empty_range_at_its_end():
+    """Generation stopped on a stop string: the ids hold it, the text was cut before it."""
+    tok = _TOKENIZERS["llama3"]
+    full, text = "are you ok? fine", "are you ok?"
+    ids = _ids(tok, full)  # are |Ġyou |Ġok |? |Ġfine |EOS
+    om = S.response_offsets(tok, text, ids)
+    assert om.tolist() == [[0, 3], [3, 7], [7, 10], [10, 11], [11, 11], [11, 11]]
+    assert token_routes([_span(text, "ok", "key")], om, len(ids)).tolist() == [0, 0, 1, 0, 0, 0]
+
+
 # offsets [T, 2], spans, lost? — the round trip must refuse any span no token reaches
 ROUND_TRIP = [
     ([[0, 3], [3, 7], [7, 10]], [(7, 9, "key")], None),

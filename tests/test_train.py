@@ -186,7 +186,7 @@ def test_two_gloo_processes_equal_one_process(toy, tmp_path, strategy):
     assert len(ddp_grads) == len(single_grads) == 2
     _close_gradients(ddp_grads[0], single_grads[0])
     w0, a, b = _init(policy), weights(tmp_path / "single" / "final"), weights(tmp_path / "ddp" / "final")
-    assert a.keys() == b.keys()
+    assert a.keys() <= b.keys()  # FSDP's full state also names the tied lm_head.weight
     diff = math.sqrt(sum(float(((b[k] - a[k]) ** 2).sum()) for k in a))
     update = math.sqrt(sum(float(((a[k] - w0[k]) ** 2).sum()) for k in a))
     assert update > 0 and diff <= _UPDATE_REL * update, f"‖Δw diff‖/‖Δw‖ = {diff / update:.2e}"

@@ -97,9 +97,10 @@ def response_offsets(tokenizer: Any, response: str, ids: list[int]) -> np.ndarra
     special tokens get an empty range, and every piece of a character split over several tokens
     (byte-level BPE) carries that character, as the fast byte-level offsets do.
 
-    Raises ValueError naming the tokenizer when the decoded prefixes are not prefixes of
-    `response` (a tokenizer whose decode does not give back the text), since then no offset can
-    be trusted.
+    Tokens decoding past the end of `response` (a stop string generation cut off) get the empty
+    range at its end. Raises ValueError naming the tokenizer when a decoded prefix and `response`
+    part ways (a tokenizer whose decode does not give back the text), since then no offset can be
+    trusted.
     """
     enc = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
     n = len(enc["input_ids"])
@@ -129,6 +130,8 @@ def _decoded_offsets(tokenizer: Any, response: str, ids: list[int], special: set
             out[t] = (min(prev, len(text)), len(text) + 1)
             prev = max(prev, len(text))
             continue
+        if not response.startswith(text) and text.startswith(response):
+            text = response  # tokens past the text's end (a stop string cut off the text): empty ranges
         if not response.startswith(text):
             raise ValueError(
                 f"tokenizer {_tokenizer_name(tokenizer)}: its offsets are empty or disagree with the ids, and "
