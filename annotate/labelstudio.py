@@ -10,10 +10,11 @@ The flow, top to bottom:
     status(store, client, project)                      # counts + human-vs-machine agreement
 
 Facts this relies on (DESIGN §6, Label Studio 1.23.2): offsets are code points in both systems;
-the server never checks a result's ``text`` against its offsets, and for a span crossing a line
-break the UI saves ``\\r``/``\\n`` as backslash + ``n`` — so on pull the offsets are authoritative,
-``text`` is compared with :func:`spans.ls_text_matches`, a real mismatch refuses the pull, and the
-stored text is rebuilt from the offsets.
+the server never checks a result's ``text`` against its offsets, and the UI saves the browser's
+rendered text (a tab or a run of spaces as one space, spaces before a line break dropped, each
+``\\r``/``\\n`` as backslash + ``n``) — so on pull the offsets are authoritative, ``text`` is compared
+with :func:`spans.ls_text_matches`, a real mismatch refuses the pull, and the stored text is rebuilt
+from the offsets.
 
 Idempotency: a task carries its ``rollout_id`` in ``data``; push lists the project's rollout ids
 first and imports only the missing ones, batch by batch (the Community edition imports each batch
@@ -326,8 +327,10 @@ def annotation_spans(response: str, result: list[dict], annotator: str, *, task_
                      rollout_id: str) -> list[Span]:
     """Spans of one annotation's `result`, offsets authoritative, text rebuilt from them.
 
-    Raises LabelStudioError naming the task when a label is unknown or `text` disagrees with
-    ``response[start:end]`` beyond Label Studio's line-break rewriting.
+    Label Studio saves the browser's rendering of the region (white space collapsed or dropped,
+    line breaks as backslash + n): :func:`spans.ls_text_matches` accepts that. Raises
+    LabelStudioError naming the task, the rollout and the span when a label is unknown, the offsets
+    are not code points inside the response, or `text` really differs from ``response[start:end]``.
     """
     out = []
     for item in result or ():
@@ -335,11 +338,13 @@ def annotation_spans(response: str, result: list[dict], annotator: str, *, task_
             continue
         val = item.get("value") or {}
         start, end, text = val.get("start"), val.get("end"), val.get("text")
-        if not isinstance(start, int) or not isinstance(end, int) or not ls_text_matches(response, start, end, text or ""):
+        labels = val.get("labels") or ()
+        if not ls_text_matches(response, start, end, text if text is not None else ""):
+            there = response[start:end] if type(start) is int and type(end) is int else None
             raise LabelStudioError(
-                f"task {task_id} (rollout {rollout_id}): span [{start}:{end}) text {text!r} does not match "
-                f"the response there ({response[start:end] if isinstance(start, int) and isinstance(end, int) else ''!r}); refused")
-        for lab in val.get("labels") or ():
+                f"task {task_id} (rollout {rollout_id}): span {list(labels)} [{start}:{end}) text {text!r} does "
+                f"not match the response there ({there!r}); refused, nothing written")
+        for lab in labels:
             if lab not in LABELS_FROM_LS:
                 raise LabelStudioError(f"task {task_id} (rollout {rollout_id}): unknown label {lab!r}; refused")
             out.append(Span(start, end, LABELS_FROM_LS[lab], "human", annotator, response[start:end]))
