@@ -110,3 +110,28 @@ def test_token_is_read_not_shown(tmp_path, monkeypatch):
     f = tmp_path / "tok"
     f.write_text("secret-token-value\n")
     assert ls.read_token(f) == "secret-token-value"
+
+
+@pytest.mark.parametrize("ours,sdk,file,want", [
+    ("tok-ours", None, None, "tok-ours"),
+    (None, "tok-sdk", None, "tok-sdk"),  # the SDK's LABEL_STUDIO_API_KEY is read
+    ("tok-ours", "tok-sdk", None, "tok-ours"),  # spanroute's own variable wins over the SDK's
+    ("  ", "tok-sdk", None, "tok-sdk"),  # a blank variable counts as unset
+    ("tok-ours", "tok-sdk", "tok-file", "tok-file"),  # --token-file wins over both
+    (None, None, None, None),
+])
+def test_token_precedence_file_then_ours_then_sdk(tmp_path, monkeypatch, ours, sdk, file, want):
+    for name, value in (("SPANROUTE_LS_TOKEN", ours), ("LABEL_STUDIO_API_KEY", sdk)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    path = None
+    if file:
+        path = tmp_path / "tok"
+        path.write_text(file + "\n")
+    if want is None:
+        with pytest.raises(ls.LabelStudioError, match="SPANROUTE_LS_TOKEN.*LABEL_STUDIO_API_KEY"):
+            ls.read_token(path)
+    else:
+        assert ls.read_token(path) == want
