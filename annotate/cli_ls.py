@@ -2,6 +2,7 @@
 
     spanroute ls serve                          # install (once) + start a local server; prints URL and token
     export SPANROUTE_LS_URL=http://127.0.0.1:8080 SPANROUTE_LS_TOKEN=…
+    # (or the SDK's LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY; flags win, then SPANROUTE_LS_*, then LABEL_STUDIO_*)
     spanroute ls push --store runs/store --only-incorrect --sample 50 --seed 1
     …correct spans in the browser…
     spanroute ls pull --store runs/store        # new store version with source=human spans
@@ -20,15 +21,17 @@ from rich.console import Console
 
 app = typer.Typer(
     no_args_is_help=True,
-    help="Human span correction in Label Studio. The token comes from SPANROUTE_LS_TOKEN or "
-         "--token-file and is never printed (except by `serve`, which made it).",
+    help="Human span correction in Label Studio. URL: --url, else SPANROUTE_LS_URL, else LABEL_STUDIO_URL; "
+         "token: --token-file, else SPANROUTE_LS_TOKEN, else LABEL_STUDIO_API_KEY (the SDK's names). The "
+         "token is never printed (except by `serve`, which made it).",
 )
 console = Console()
 
-URL = typer.Option("http://127.0.0.1:8080", "--url", envvar="SPANROUTE_LS_URL",
-                   help="Label Studio base URL (env SPANROUTE_LS_URL).")
+URL = typer.Option("http://127.0.0.1:8080", "--url", envvar=["SPANROUTE_LS_URL", "LABEL_STUDIO_URL"],
+                   help="Label Studio base URL (env SPANROUTE_LS_URL, else LABEL_STUDIO_URL).")
 TOKEN_FILE = typer.Option(None, "--token-file",
-                          help="File holding the API token; default: env SPANROUTE_LS_TOKEN.")
+                          help="File holding the API token; default: env SPANROUTE_LS_TOKEN, else "
+                               "LABEL_STUDIO_API_KEY.")
 STORE = typer.Option(..., "--store", help="The datastore directory.")
 PROJECT = typer.Option(None, "--project",
                        help="Label Studio project title (default: 'spanroute <store dir name>').")
@@ -62,13 +65,14 @@ def serve_(
     import signal
 
     from annotate import ls_server
+    from annotate.labelstudio import env_token
 
     cache = ls_server.cache_dir()
     token_path = cache / "token"
     if token_file:
         token = Path(token_file).read_text().strip()
-    elif os.environ.get("SPANROUTE_LS_TOKEN"):
-        token = os.environ["SPANROUTE_LS_TOKEN"].strip()
+    elif from_env := env_token():
+        token = from_env
     elif token_path.exists():
         token = token_path.read_text().strip()
     else:

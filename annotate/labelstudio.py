@@ -10,10 +10,11 @@ The flow, top to bottom:
     status(store, client, project)                      # counts + human-vs-machine agreement
 
 Facts this relies on (DESIGN §6, Label Studio 1.23.2): offsets are code points in both systems;
-the server never checks a result's ``text`` against its offsets, and for a span crossing a line
-break the UI saves ``\\r``/``\\n`` as backslash + ``n`` — so on pull the offsets are authoritative,
-``text`` is compared with :func:`spans.ls_text_matches`, a real mismatch refuses the pull, and the
-stored text is rebuilt from the offsets.
+the server never checks a result's ``text`` against its offsets, and the UI saves the browser's
+rendered text (a tab or a run of spaces as one space, spaces before a line break dropped, each
+``\\r``/``\\n`` as backslash + ``n``) — so on pull the offsets are authoritative, ``text`` is compared
+with :func:`spans.ls_text_matches`, a real mismatch refuses the pull, and the stored text is rebuilt
+from the offsets.
 
 Idempotency: a task carries its ``rollout_id`` in ``data``; push lists the project's rollout ids
 first and imports only the missing ones, batch by batch (the Community edition imports each batch
@@ -100,44 +101,65 @@ def _api_errors(fn):
 # ---- connecting --------------------------------------------------------------------------------
 
 
+# Where the token comes from, first found wins: --token-file, then spanroute's own variable, then
+# the Label Studio SDK's standard one (the URL: --url, SPANROUTE_LS_URL, LABEL_STUDIO_URL; cli_ls.py).
+TOKEN_ENV = ("SPANROUTE_LS_TOKEN", "LABEL_STUDIO_API_KEY")
+
+
+def env_token() -> str:
+    """The token from env SPANROUTE_LS_TOKEN, else LABEL_STUDIO_API_KEY; "" when neither is set."""
+    return next((v for n in TOKEN_ENV if (v := os.environ.get(n, "").strip())), "")
+
+
 def read_token(token_file: str | Path | None = None) -> str:
-    """The API token: from `token_file` if given, else env SPANROUTE_LS_TOKEN. Never printed."""
+    """The API token: from `token_file` if given, else env SPANROUTE_LS_TOKEN, else LABEL_STUDIO_API_KEY
+    (the SDK's variable). Never printed. Raises LabelStudioError naming both variables when none is set."""
     if token_file:
         try:
             token = Path(token_file).expanduser().read_text().strip()
         except OSError as e:
             raise LabelStudioError(f"cannot read the Label Studio token file {token_file}: {e.strerror}") from None
     else:
-        token = os.environ.get("SPANROUTE_LS_TOKEN", "").strip()
+        token = env_token()
     if not token:
-        raise LabelStudioError("no Label Studio token: set SPANROUTE_LS_TOKEN or pass --token-file "
-                               "(`spanroute ls serve` prints one)")
+        raise LabelStudioError("no Label Studio token: set SPANROUTE_LS_TOKEN (or the SDK's LABEL_STUDIO_API_KEY) "
+                               "or pass --token-file (`spanroute ls serve` prints one)")
     return token
 
 
 def connect(url: str, token: str, *, timeout_s: float = 30.0):
     """A `label_studio_sdk.LabelStudio` client, after checking the server answers and takes the token.
 
-    Raises LabelStudioError with one line naming `url` and what to check; never shows the token.
+    The check is the SDK's own whoami, so a legacy token and a personal access token (a JWT the SDK
+    exchanges) both work. Raises LabelStudioError with one line naming `url` and what to check;
+    never shows the token.
     """
     import httpx
     from label_studio_sdk import LabelStudio
+    from label_studio_sdk.core.api_error import ApiError
 
     url = url.rstrip("/")
     try:
-        r = httpx.get(f"{url}/api/current-user/whoami", headers={"Authorization": f"Token {token}"},
-                      timeout=timeout_s)
+        client = LabelStudio(base_url=url, api_key=token, timeout=timeout_s)
+        client.users.whoami()
     except httpx.HTTPError as e:
         raise LabelStudioError(f"cannot reach Label Studio at {url} ({type(e).__name__}): is the server "
-                               f"running (`spanroute ls serve`) and is --url / SPANROUTE_LS_URL right?") from None
-    if r.status_code in (401, 403):
-        raise LabelStudioError(f"Label Studio at {url} rejected the token (HTTP {r.status_code}): check "
-                               f"SPANROUTE_LS_TOKEN / --token-file (a legacy API token; the server needs "
-                               f"LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true)")
-    if r.status_code != 200:
-        raise LabelStudioError(f"Label Studio at {url} answered HTTP {r.status_code} to whoami: is it "
-                               f"Label Studio, and is --url right?")
-    return LabelStudio(base_url=url, api_key=token, timeout=timeout_s)
+                               f"running (`spanroute ls serve`) and is --url / SPANROUTE_LS_URL / "
+                               f"LABEL_STUDIO_URL right?") from None
+    except ApiError as e:
+        if e.status_code in (401, 403):
+            detail = e.body.get("detail") if isinstance(e.body, dict) else None
+            raise LabelStudioError(
+                f"Label Studio at {url} rejected the token (HTTP {e.status_code}"
+                + (f": {str(detail)[:120]}" if detail else "") + "): check --token-file / SPANROUTE_LS_TOKEN / "
+                "LABEL_STUDIO_API_KEY (a legacy token needs LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true on "
+                "the server)") from None
+        raise LabelStudioError(f"Label Studio at {url} answered HTTP {e.status_code} to whoami: is it "
+                               f"Label Studio, and is --url right?") from None
+    except ValueError:  # a 200 that is not Label Studio's JSON (pydantic / JSON decode errors)
+        raise LabelStudioError(f"{url} answered whoami with something that is not Label Studio's: is --url "
+                               f"right?") from None
+    return client
 
 
 @_api_errors
@@ -326,8 +348,10 @@ def annotation_spans(response: str, result: list[dict], annotator: str, *, task_
                      rollout_id: str) -> list[Span]:
     """Spans of one annotation's `result`, offsets authoritative, text rebuilt from them.
 
-    Raises LabelStudioError naming the task when a label is unknown or `text` disagrees with
-    ``response[start:end]`` beyond Label Studio's line-break rewriting.
+    Label Studio saves the browser's rendering of the region (white space collapsed or dropped,
+    line breaks as backslash + n): :func:`spans.ls_text_matches` accepts that. Raises
+    LabelStudioError naming the task, the rollout and the span when a label is unknown, the offsets
+    are not code points inside the response, or `text` really differs from ``response[start:end]``.
     """
     out = []
     for item in result or ():
@@ -335,11 +359,13 @@ def annotation_spans(response: str, result: list[dict], annotator: str, *, task_
             continue
         val = item.get("value") or {}
         start, end, text = val.get("start"), val.get("end"), val.get("text")
-        if not isinstance(start, int) or not isinstance(end, int) or not ls_text_matches(response, start, end, text or ""):
+        labels = val.get("labels") or ()
+        if not ls_text_matches(response, start, end, text if text is not None else ""):
+            there = response[start:end] if type(start) is int and type(end) is int else None
             raise LabelStudioError(
-                f"task {task_id} (rollout {rollout_id}): span [{start}:{end}) text {text!r} does not match "
-                f"the response there ({response[start:end] if isinstance(start, int) and isinstance(end, int) else ''!r}); refused")
-        for lab in val.get("labels") or ():
+                f"task {task_id} (rollout {rollout_id}): span {list(labels)} [{start}:{end}) text {text!r} does "
+                f"not match the response there ({there!r}); refused, nothing written")
+        for lab in labels:
             if lab not in LABELS_FROM_LS:
                 raise LabelStudioError(f"task {task_id} (rollout {rollout_id}): unknown label {lab!r}; refused")
             out.append(Span(start, end, LABELS_FROM_LS[lab], "human", annotator, response[start:end]))

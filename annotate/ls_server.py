@@ -42,7 +42,10 @@ from pathlib import Path
 LS_VERSION = "1.23.2"
 LS_REQUIREMENT = f"label-studio=={LS_VERSION}"
 INSTALL_TIMEOUT_S = 900.0
-START_TIMEOUT_S = 180.0
+START_TIMEOUT_S = 600.0  # a crash is seen at once (alive()); this only bounds a start that hangs
+# Migrating a fresh data dir takes ~40 s on an idle machine and took 10+ min on 2 cores at load 20;
+# it is done once, so it gets a generous deadline.
+TEMPLATE_TIMEOUT_S = 1800.0
 
 
 class ServerError(RuntimeError):
@@ -264,13 +267,18 @@ def ensure_template(script: Path, cache: Path | None = None, *, log=print) -> Pa
         log_path = cache / "template-build.log"
         log_path.unlink(missing_ok=True)
         proc = _spawn(script, building, port, {}, log_path)
-        server = LSServer(f"http://127.0.0.1:{port}", port, "", "", "", building, log_path, proc)
+        server = LSServer(f"http://127.0.0.1:{port}", port, "", "", "", building, log_path, proc,
+                          remove_data_dir=True)  # a failed build leaves nothing behind
         try:
-            _wait_ready(server, START_TIMEOUT_S)
+            _wait_ready(server, TEMPLATE_TIMEOUT_S)
         except _PortTaken:
-            raise ServerError(f"port {port} was taken while building the template; retry") from None
-        finally:
             server.stop()
+            raise ServerError(f"port {port} was taken while building the template; retry") from None
+        except BaseException:
+            server.stop()
+            raise
+        server.remove_data_dir = False
+        server.stop()
         building.rename(template)
         marker.write_text(LS_REQUIREMENT + "\n")
         log(f"template ready in {time.monotonic() - t0:.0f} s")

@@ -1,19 +1,30 @@
 """Find an annotator's quote in the response, never trusting model-emitted offsets.
 
-Three tiers, first hit wins: exact substring; a normalised match (NFKC, every whitespace run as one
-space, curly quotes/primes as ASCII quotes, dashes and the minus sign as ``-``, zero-width
-spaces/soft hyphens/BOMs dropped) mapped back to original code-point offsets; then fuzzy
-(``rapidfuzz`` partial-ratio alignment on the normalised strings, score >= ``threshold``, widened
-to whole words). A quote that occurs more than once (for fuzzy: a second region scoring within 5
-points of the best) is resolved by ``near`` — an offset, a ``(start, end)`` range or a
-:class:`~spans.segment.Segment` — choosing the unique closest occurrence, or refused.
+Three tiers, first hit wins: exact substring; a normalised match mapped back to original code-point
+offsets; then fuzzy (``rapidfuzz`` partial-ratio alignment on the normalised strings, score >=
+``threshold``, widened to whole words). A quote that occurs more than once (for fuzzy: a second
+region scoring within 5 points of the best) is resolved by ``near`` — an offset, a ``(start, end)``
+range or a :class:`~spans.segment.Segment` — choosing the unique closest occurrence, or refused.
+
+Normalisation (:func:`normalize_with_map`) works per extended grapheme cluster (UAX #29, the
+``regex`` module's ``\\X``): each cluster is NFKC-normalised on its own and every character of the
+result remembers the cluster's original range. Clusters hold what normalization composes (a base and
+its marks, Hangul jamo L+V+T, Indic vowel signs, Thai SARA AM), so quote and text may each be in any
+of NFC/NFD/NFKC/NFKD, in any script (fullwidth forms, ligatures such as ``ﬁ``, CJK compatibility
+ideographs, Arabic presentation forms), and a normalised or fuzzy hit is returned in the ORIGINAL
+text's code points, widened to whole clusters (it never cuts a user-perceived character). On top of
+NFKC: every white-space run is one space, curly quotes/primes are ASCII quotes, dashes and the minus
+sign are ``-``, and zero-width spaces, soft hyphens, BOMs, word joiners and emoji variation
+selectors (U+FE0E/U+FE0F) are dropped.
 """
 
 from __future__ import annotations
 
+import bisect
 import unicodedata
 from dataclasses import dataclass
 
+import regex
 from rapidfuzz import fuzz
 
 _QUOTE_MAP = {
@@ -22,7 +33,9 @@ _QUOTE_MAP = {
     **dict.fromkeys("‐‑‒–—―−", "-"),
 }
 _AMBIGUITY_MARGIN = 5.0  # rapidfuzz score points
-_DROP = {"\u200b", "\u00ad", "\ufeff", "\u2060"}  # invisible, never meaningful in a quote
+# invisible, never meaningful in a quote (VS15/VS16 pick text or emoji style of the same symbol)
+_DROP = {"\u200b", "\u00ad", "\ufeff", "\u2060", "\ufe0e", "\ufe0f"}
+_CLUSTER = regex.compile(r"\X")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,19 +92,18 @@ def locate_detail(text: str, quote: str, near=None, *, threshold: float = 90.0) 
 def normalize_with_map(s: str) -> tuple[str, list[int], list[int]]:
     """Normalise ``s`` (see the module docstring) and map each output char to its source range.
 
-    Returns ``(norm, start, end)``: ``norm[k]`` came from ``s[start[k]:end[k]]``. Base characters are
-    normalised together with their combining marks, so ``e`` + U+0301 matches a precomposed ``é``.
+    Returns ``(norm, start, end)``: ``norm[k]`` came from ``s[start[k]:end[k]]``, the code-point range
+    of the grapheme cluster it was normalised from (a white-space run: from its first to its last
+    cluster). So ``e`` + U+0301 matches a precomposed ``é``, jamo ``ᄒ ᅡ ᆫ`` match the syllable ``한``
+    and ``ﬁ`` matches ``fi``, each mapped back to where it is in ``s``.
     """
     out: list[str] = []
     starts: list[int] = []
     ends: list[int] = []
-    i, n = 0, len(s)
-    while i < n:
-        j = i + 1
-        while j < n and unicodedata.combining(s[j]):
-            j += 1
-        piece = unicodedata.normalize("NFKC", s[i:j])
-        for ch in piece:
+    for m in _CLUSTER.finditer(s):
+        i, j = m.span()
+        cluster = m.group()
+        for ch in cluster if cluster.isascii() else unicodedata.normalize("NFKC", cluster):
             ch = _QUOTE_MAP.get(ch, ch)
             if ch in _DROP:
                 continue
@@ -103,8 +115,12 @@ def normalize_with_map(s: str) -> tuple[str, list[int], list[int]]:
             out.append(ch)
             starts.append(i)
             ends.append(j)
-        i = j
     return "".join(out), starts, ends
+
+
+def cluster_bounds(s: str) -> list[int]:
+    """Code-point offsets where a grapheme cluster of ``s`` starts, plus ``len(s)``: ``[0, …, len(s)]``."""
+    return [m.start() for m in _CLUSTER.finditer(s)] + [len(s)]
 
 
 def _all_occurrences(hay: str, needle: str) -> list[tuple[int, int]]:
@@ -135,26 +151,18 @@ def _fuzzy(ntext: str, nquote: str, lo: int, hi: int, threshold: float):
     return al.score, a, b
 
 
-def _joins(c: str) -> bool:
-    """Characters that belong to the character before them: combining marks, ZWJ, variation
-    selectors, skin-tone modifiers."""
-    return bool(unicodedata.combining(c)) or c in "\u200d\ufe0e\ufe0f" or "\U0001f3fb" <= c <= "\U0001f3ff"
-
-
 def _trim(text: str, a: int, b: int) -> tuple[int, int]:
-    """Shrink ``[a, b)`` so it neither starts nor ends with whitespace, then widen it so it never
-    cuts a ZWJ emoji sequence or a base character from its marks (a fuzzy edge can land inside)."""
+    """Shrink ``[a, b)`` so it neither starts nor ends with whitespace, then widen it to whole
+    grapheme clusters, so it never cuts a ZWJ emoji sequence, a base character from its marks or
+    a syllable from its jamo (a fuzzy edge can land inside one)."""
     while a < b and text[a].isspace():
         a += 1
     while b > a and text[b - 1].isspace():
         b -= 1
     if a >= b:
         return a, b
-    while a > 0 and (_joins(text[a]) or text[a - 1] == "\u200d"):
-        a -= 1
-    while b < len(text) and (_joins(text[b]) or text[b - 1] == "\u200d"):
-        b += 1
-    return a, b
+    bounds = cluster_bounds(text)
+    return bounds[bisect.bisect_right(bounds, a) - 1], bounds[bisect.bisect_left(bounds, b)]
 
 
 def _near_range(near) -> tuple[int, int]:

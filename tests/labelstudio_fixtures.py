@@ -102,12 +102,12 @@ def rollout_rows(n: int, *, unicode_first: bool = True) -> list[dict]:
     return rows
 
 
-def make_store(path: Path, n: int = 6):
-    """A store at `path` with `n` rule-annotated rollouts in version 1."""
+def make_store(path: Path, n: int = 6, rows: list[dict] | None = None):
+    """A store at `path` with `n` rule-annotated rollouts (or the given `rows`) in version 1."""
     from datastore import Lineage, Store
     from datastore.schema import ROLLOUT_SCHEMA
 
-    rows = rollout_rows(n)
+    rows = rows or rollout_rows(n)
     cols = {k: [r[k] for r in rows] for k in rows[0]}
     table = pa.table({k: pa.array(v, ROLLOUT_SCHEMA.field(k).type if k != "spans" else SPANS_TYPE)
                       for k, v in cols.items()})
@@ -161,8 +161,15 @@ class CDPPage:
                 raise RuntimeError(f"chromium did not open its DevTools port (exit {self.proc.returncode})")
             time.sleep(0.1)
         port = int(open(marker).read().split()[0])
-        pages = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list"))
-        self.ws_url = [p for p in pages if p["type"] == "page"][0]["webSocketDebuggerUrl"]
+        # The DevTools port can answer before the about:blank tab is listed (seen on a busy machine):
+        # poll the target list instead of taking its first entry on trust.
+        while not (pages := [p for p in json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list"))
+                             if p["type"] == "page"]):
+            if time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError("chromium opened its DevTools port but never listed a page")
+            time.sleep(0.1)
+        self.ws_url = pages[0]["webSocketDebuggerUrl"]
         self.loop = asyncio.new_event_loop()
         self.loop.run_until_complete(self._connect())
         self.n = 0

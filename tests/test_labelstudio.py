@@ -9,12 +9,15 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
 from annotate import labelstudio as ls
 from spans import select_spans
-from tests.labelstudio_fixtures import UNICODE_RESPONSE, chromium, ls_client, ls_project, ls_server, make_store  # noqa: F401
+from tests.labelstudio_fixtures import (  # noqa: F401
+    UNICODE_RESPONSE, chromium, ls_client, ls_project, ls_server, make_store, rollout_rows,
+)
 
 pytestmark = pytest.mark.labelstudio
 
@@ -144,6 +147,33 @@ def test_wrong_text_is_refused_and_nothing_written(tmp_path, ls_client, ls_proje
     assert not (store.path / "labelstudio" / f"pull-{ls_project}.json").exists()
 
 
+# White space the browser renders differently (DESIGN §6): a tab, a run of spaces, spaces before a
+# line break, a no-break space, CRLF, a combining accent.
+WS_RESPONSE = "Step 1:\t17 +  25 = 42   \nStep 2:\u00a042 * 3 = 126\r\ncafe\u0301 ok\nAnswer: 126"
+
+
+def test_pull_accepts_the_ui_rendered_text_of_white_space(tmp_path, ls_client, ls_project):
+    row = {**rollout_rows(1, unicode_first=False)[0], "response": WS_RESPONSE, "spans": []}
+    store = make_store(tmp_path / "store", rows=[row])
+    ls.push(store, ls_client, ls_project)
+    (task,) = _tasks(ls_client, ls_project).values()
+    r = WS_RESPONSE
+    drawn = [  # (start, end, label, the text the UI saves for that region)
+        (0, r.index(" = 42"), "KeySpan", "Step 1: 17 + 25"),
+        (r.index("42   "), r.index(" * 3"), "KeySpan", "42\\nStep 2:\u00a042"),
+        (r.index("126\r"), r.index(" ok"), "ErrorSpan", "126\\n\\ncafe\u0301"),
+    ]
+    result = [{"id": f"h{i}", "from_name": "spans", "to_name": "response", "type": "labels", "origin": "manual",
+               "value": {"start": a, "end": b, "text": text, "labels": [label]}}
+              for i, (a, b, label, text) in enumerate(drawn)]
+    _annotate_like_ui(ls_client, task, result)
+    res = ls.pull(store, ls_client, ls_project)
+    assert res.version is not None and res.rows == 1
+    (got,) = store.read(res.version).to_pylist()
+    human = select_spans(got["spans"], source="human")
+    assert [(s.start, s.end, s.text) for s in human] == [(a, b, r[a:b]) for a, b, _, _ in drawn]  # from offsets
+
+
 _PUSH_CHILD = textwrap.dedent("""
     import sys
     from annotate import labelstudio as ls
@@ -172,10 +202,17 @@ def test_killed_push_rerun_leaves_each_rollout_once(tmp_path, ls_server, ls_clie
     assert sorted(ids) == [f"r{i:04d}" for i in range(n)]  # each exactly once
 
 
-def _cli(*args, env_extra=None):
-    env = {**os.environ, **(env_extra or {})}
+_LS_ENV = ("SPANROUTE_LS_URL", "SPANROUTE_LS_TOKEN", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY")
+_REPO = str(Path(__file__).resolve().parents[1])
+
+
+def _cli(*args, env_extra=None, cwd=None):
+    """`spanroute ls …` in a child process, seeing only the Label Studio variables given here."""
+    env = {k: v for k, v in os.environ.items() if k not in _LS_ENV}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO, env.get("PYTHONPATH")) if p)
+    env.update(env_extra or {})
     return subprocess.run([sys.executable, "-m", "train.cli", "ls", *args], capture_output=True, text=True,
-                          env=env, timeout=120)
+                          env=env, timeout=300, cwd=cwd)
 
 
 def test_cli_push_pull_status_and_errors(tmp_path, ls_server):
@@ -199,3 +236,27 @@ def test_cli_push_pull_status_and_errors(tmp_path, ls_server):
     assert r.returncode == 1 and ls_server.url in err and "rejected the token" in err
     assert ls_server.token not in r.stderr + r.stdout
     assert store.latest_version() == v and not (store.path / "labelstudio").exists()
+
+
+def test_cli_reads_the_sdk_variables_after_its_own(tmp_path, ls_server):
+    """LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY work alone; SPANROUTE_LS_* win over them; --url wins
+    over both. Run from a folder outside the repo."""
+    from annotate.ls_server import free_port
+
+    store = make_store(tmp_path / "store", n=2)
+    project = ("--project", f"sdk-env {tmp_path.name}"[:50])  # not the default title other tests use
+    sdk = {"LABEL_STUDIO_URL": ls_server.url, "LABEL_STUDIO_API_KEY": ls_server.token}
+    r = _cli("push", "--store", str(store.path), *project, env_extra=sdk, cwd=tmp_path)
+    assert r.returncode == 0 and "2 created" in r.stdout, r.stderr
+
+    down = f"http://127.0.0.1:{free_port()}"
+    r = _cli("status", "--store", str(store.path), *project, env_extra={**sdk, "SPANROUTE_LS_URL": down},
+             cwd=tmp_path)
+    assert r.returncode == 1 and down in " ".join(r.stderr.split())  # ours first: the dead URL is tried
+    r = _cli("status", "--store", str(store.path), *project, "--url", ls_server.url, "--json",
+             env_extra={**sdk, "SPANROUTE_LS_URL": down}, cwd=tmp_path)
+    assert r.returncode == 0 and json.loads(r.stdout)["pushed"] == 2, r.stderr  # the flag first
+    r = _cli("status", "--store", str(store.path), *project, env_extra={**sdk, "SPANROUTE_LS_TOKEN": "f" * 40},
+             cwd=tmp_path)
+    assert r.returncode == 1 and "rejected the token" in " ".join(r.stderr.split())
+    assert ls_server.token not in r.stdout + r.stderr

@@ -24,6 +24,13 @@ _REGION_TEXTS = """(() => {
 })()"""
 
 
+def _evidence(page, tmp_path, name: str) -> str:
+    """Where the page was and what it showed, for a failure message (a screenshot in tmp_path)."""
+    page.screenshot(tmp_path / f"{name}.png")
+    where = page.eval("location.href + ' | ' + document.body.innerText.slice(0, 300).replace(/\\s+/g, ' ')")
+    return f"page {where!r}; screenshot {tmp_path / f'{name}.png'}"
+
+
 def test_ui_highlights_exactly_the_span_text(tmp_path, chromium, ls_server, ls_client, ls_project):
     store = make_store(tmp_path / "store", n=2)
     ls.push(store, ls_client, ls_project)
@@ -42,10 +49,11 @@ def test_ui_highlights_exactly_the_span_text(tmp_path, chromium, ls_server, ls_c
             expected = sorted(as_span(s).text for s in rows[rid]["spans"])
             page.eval("window.__stale = true")  # so we never read the previous task's page
             page.goto(f"{ls_server.url}/projects/{ls_project}/data?task={tasks[rid]}")
-            page.wait(f"!window.__stale && document.querySelectorAll('.htx-highlight').length >= {len(expected)}")
-            got = page.wait(f"(() => {{ const t = {_REGION_TEXTS}; return t.length === {len(expected)} ? t : null }})()")
-            if sorted(got) != expected:
-                page.screenshot(tmp_path / f"{rid}.png")
-            assert sorted(got) == expected, f"task {tasks[rid]}: screenshot in {tmp_path}"
+            try:
+                page.wait(f"!window.__stale && document.querySelectorAll('.htx-highlight').length >= {len(expected)}")
+                got = page.wait(f"(() => {{ const t = {_REGION_TEXTS}; return t.length === {len(expected)} ? t : null }})()")
+            except TimeoutError as e:
+                raise AssertionError(f"task {tasks[rid]}: {e}; {_evidence(page, tmp_path, rid)}") from None
+            assert sorted(got) == expected, f"task {tasks[rid]}: {_evidence(page, tmp_path, rid)}"
     finally:
         page.close()
