@@ -12,6 +12,8 @@ own process (`python -m annotate.scripted_server`, prints ``READY <base_url>``).
 - idempotency: a request whose ``Idempotency-Key`` was already answered gets the stored answer
   again (logged ``replayed``, not billed); one still being computed gets 409. So the request log
   proves whether any request was *answered* (computed, billed) twice;
+- `max_tokens` is enforced as a real server does (4 characters a token): a longer answer is cut
+  and says ``finish_reason: "length"``;
 - optional fixed latency per answer (`latency_s`) for throughput benchmarks.
 """
 
@@ -168,11 +170,15 @@ async def handle(state: _State, raw: bytes, idem_key: str | None, log) -> tuple[
         content = state.responder(body)
         prompt_chars = sum(len(m.get("content") or "") for m in body["messages"])
         usage = {"prompt_tokens": prompt_chars // 4 + 1, "completion_tokens": len(content) // 4 + 1}
+        finish = "stop"
+        limit = body.get("max_tokens") or body.get("max_completion_tokens")
+        if isinstance(limit, int) and usage["completion_tokens"] > limit:  # 4 chars a token, as counted
+            content, finish, usage["completion_tokens"] = content[: 4 * limit], "length", limit
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         answer = json.dumps({
             "id": "chatcmpl-" + key[:16], "object": "chat.completion", "created": 0,
             "model": body.get("model", "scripted"),
-            "choices": [{"index": 0, "finish_reason": "stop",
+            "choices": [{"index": 0, "finish_reason": finish,
                          "message": {"role": "assistant", "content": content}}],
             "usage": usage,
         }).encode()
