@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit, urlunsplit
 
 from annotate.engine import EngineConfig, Summary, request_key, run_calls
@@ -61,6 +62,13 @@ def build_body(tpl: PromptTemplate, model: str, params: RequestParams, **fields:
     return body
 
 
+def not_sent_reason(summary: Summary | None) -> str:
+    """Why a request was not sent: the job's fatal fault, or the budget."""
+    if summary is not None and summary.fatal:
+        return f"not sent: the job stopped ({summary.fatal})"
+    return "not sent: --max-cost reached"
+
+
 def finish_reason(raw: str | None) -> str | None:
     """``finish_reason`` of a stored raw answer: a chat completion's first choice, or the
     in-process runner's record; None when absent or unreadable."""
@@ -103,6 +111,8 @@ class ApiAnnotator:
     runner: Callable[[list[dict]], tuple[dict, Summary]] | None = None  # default: HTTP engine
 
     def __post_init__(self) -> None:
+        if self.engine.job_id is None:  # one job: every batch of this annotator shares --max-cost
+            self.engine = replace(self.engine, job_id=uuid.uuid4().hex)
         self.key_tpl = load("key_spans", self.prompt_dir)
         self.err_tpl = load("error_spans", self.prompt_dir)
         name = self.checkpoint.rstrip("/").split("/")[-1] if self.checkpoint else self.model
@@ -149,7 +159,7 @@ class ApiAnnotator:
     def _row(self, rec: dict, key: str, call) -> RowResult:
         rid = rec["rollout_id"]
         if call is None:
-            return RowResult(rid, [], None, "skipped", "not sent: --max-cost reached", request_hash=key)
+            return RowResult(rid, [], None, "skipped", not_sent_reason(self.summary), request_hash=key)
         ev = dict(request_hash=key, raw_response=call.response, prompt_tokens=call.prompt_tokens,
                   completion_tokens=call.completion_tokens, cost_usd=call.cost_usd)
         label = "key" if rec["correct"] else "error"

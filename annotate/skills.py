@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from annotate.api import ApiAnnotator, build_body, public_url, read_answer
+from annotate.api import ApiAnnotator, build_body, not_sent_reason, public_url, read_answer
 from annotate.engine import request_key, run_calls
 from annotate.journal import canonical
 from annotate.templates import load
@@ -126,7 +126,7 @@ class ApiSkills:
             key = request_key(canonical(body))
             call = calls.get(key)
             if call is None:
-                per_group[g] = RowResult("", [], None, "skipped", "not sent: --max-cost reached", request_hash=key)
+                per_group[g] = RowResult("", [], None, "skipped", not_sent_reason(self.summary), request_hash=key)
                 continue
             ev = dict(request_hash=key, raw_response=call.response, prompt_tokens=call.prompt_tokens,
                       completion_tokens=call.completion_tokens, cost_usd=call.cost_usd)
