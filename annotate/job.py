@@ -87,10 +87,10 @@ def merge_evidence(cell, prov: Provenance, res: RowResult) -> list[dict]:
     who = (prov.source, prov.annotator)
     mine = next((e for e in entries if (e.get("source"), e.get("annotator")) == who), None)
     new = {"source": prov.source, "annotator": prov.annotator, **res.evidence(), "rerun_error": None}
-    if mine is not None and res.status not in GOOD and mine.get("parse_status") in GOOD:
-        new = mine if res.status == "skipped" else {**mine, "rerun_error": f"{res.status}: {res.error}"}
-    elif mine is not None and res.status == "skipped":
+    if mine is not None and res.status == "skipped":
         new = mine
+    elif mine is not None and res.status not in GOOD and mine.get("parse_status") in GOOD:
+        new = {**mine, "rerun_error": f"{res.status}: {res.error}"}
     rest = [e for e in entries if e is not mine]
     return sorted(rest + [new], key=lambda e: (e.get("source") or "", e.get("annotator") or ""))
 
