@@ -185,8 +185,10 @@ def test_self_in_process_uses_the_policy_generator_and_the_same_cache(tmp_path, 
     assert lin["extra"]["source"] == "self" and lin["extra"]["checkpoint"] == str(ckpt)
     assert lin["annotator"] == "self:policy"
     for r in annotated(st):  # a random tiny model writes no JSON: every row says so, raw answer kept
-        assert ev(r)["parse_status"] == "failed" and ev(r)["raw_response"]
-        assert ev(r)["parse_error"]
+        assert ev(r)["raw_response"] and ev(r)["parse_error"]
+        # cut at --max-tokens 8 it says so; an answer that stopped on its own is unusable JSON
+        assert (ev(r)["parse_status"], "max_tokens=8" in ev(r)["parse_error"]) in (("truncated", True),
+                                                                                   ("failed", False))
     assert main(args) == 0
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["sent"] == 0 and again["cached"] == first["sent"]
