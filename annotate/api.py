@@ -8,8 +8,10 @@ wrong step plus an `error_type` for an incorrect one. Answers become exact spans
 from __future__ import annotations
 
 import hashlib
+import json
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit, urlunsplit
 
 from annotate.engine import EngineConfig, Summary, request_key, run_calls
@@ -60,6 +62,40 @@ def build_body(tpl: PromptTemplate, model: str, params: RequestParams, **fields:
     return body
 
 
+def not_sent_reason(summary: Summary | None) -> str:
+    """Why a request was not sent: the job's fatal fault, or the budget."""
+    if summary is not None and summary.fatal:
+        return f"not sent: the job stopped ({summary.fatal})"
+    return "not sent: --max-cost reached"
+
+
+def finish_reason(raw: str | None) -> str | None:
+    """``finish_reason`` of a stored raw answer: a chat completion's first choice, or the
+    in-process runner's record; None when absent or unreadable."""
+    try:
+        data = json.loads(raw or "")
+        return (data["choices"][0] if "choices" in data else data).get("finish_reason")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+
+
+def read_answer(call, schema: dict, max_tokens: int) -> tuple[dict | None, str, str | None]:
+    """(object, status, error) of one finished call: a failed call fails with its error; an answer
+    cut at the token limit (``finish_reason=length``) is ``truncated`` with the limit, unless a
+    complete object fitting `schema` came before the cut (then ``repaired``, noted); otherwise
+    `parse_json`'s verdict."""
+    if call.state != "done" or call.content is None:
+        return None, "failed", redact(call.error or "no answer")
+    obj, status, err = parse_json(call.content, schema)
+    if finish_reason(call.response) != "length":
+        return obj, status, err
+    cut = (f"answer cut at max_tokens={max_tokens} (finish_reason=length, "
+           f"{call.completion_tokens} completion tokens); raise --max-tokens")
+    if obj is None:
+        return None, "truncated", cut
+    return obj, "repaired", cut
+
+
 @dataclass
 class ApiAnnotator:
     """Span annotation through any OpenAI-compatible endpoint (source ``api``, or ``self`` when the
@@ -75,6 +111,8 @@ class ApiAnnotator:
     runner: Callable[[list[dict]], tuple[dict, Summary]] | None = None  # default: HTTP engine
 
     def __post_init__(self) -> None:
+        if self.engine.job_id is None:  # one job: every batch of this annotator shares --max-cost
+            self.engine = replace(self.engine, job_id=uuid.uuid4().hex)
         self.key_tpl = load("key_spans", self.prompt_dir)
         self.err_tpl = load("error_spans", self.prompt_dir)
         name = self.checkpoint.rstrip("/").split("/")[-1] if self.checkpoint else self.model
@@ -121,17 +159,17 @@ class ApiAnnotator:
     def _row(self, rec: dict, key: str, call) -> RowResult:
         rid = rec["rollout_id"]
         if call is None:
-            return RowResult(rid, [], None, "skipped", "not sent: --max-cost reached", request_hash=key)
+            return RowResult(rid, [], None, "skipped", not_sent_reason(self.summary), request_hash=key)
         ev = dict(request_hash=key, raw_response=call.response, prompt_tokens=call.prompt_tokens,
                   completion_tokens=call.completion_tokens, cost_usd=call.cost_usd)
-        if call.state != "done" or call.content is None:
-            return RowResult(rid, [], None, "failed", redact(call.error or "no answer"), **ev)
-        obj, status, err = parse_json(call.content)
-        if obj is None:
-            return RowResult(rid, [], None, "failed", err, **ev)
         label = "key" if rec["correct"] else "error"
+        tpl = self.key_tpl if rec["correct"] else self.err_tpl
+        obj, status, err = read_answer(call, tpl.schema, self.params.max_tokens)
+        if obj is None:
+            return RowResult(rid, [], None, status, err, **ev)
         m = map_answer(obj, rec["response"], label, self.provenance.source, self.provenance.annotator)
+        notes = "; ".join(x for x in ([err] if err else []) + m.notes)
         if m.status == "failed":
-            return RowResult(rid, [], None, "failed", "; ".join(m.notes) or "no usable step", **ev)
+            return RowResult(rid, [], None, "failed", notes or "no usable step", **ev)
         final = "repaired" if (status == "repaired" or m.status == "repaired") else "ok"
-        return RowResult(rid, m.spans, m.error_type, final, "; ".join(m.notes) or None, **ev)
+        return RowResult(rid, m.spans, m.error_type, final, notes or None, **ev)

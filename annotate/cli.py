@@ -69,6 +69,10 @@ def _engine_config(store: Path, base_url, key_env, concurrency, timeout, attempt
     if max_cost is not None and not known:
         raise ValueError("--max-cost needs a price: give --price-in/--price-out for this model")
     url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+    if url != "in-process":
+        from annotate.faults import require_key
+
+        require_key(url, key_env)  # a missing key is refused here, before the store is even read
     return EngineConfig(base_url=url, cache_path=Path(cache) if cache else Path(store) / "_annotate" / "cache.sqlite",
                         api_key_env=key_env, concurrency=concurrency, timeout_s=timeout, max_attempts=attempts,
                         price=price, max_cost_usd=max_cost, progress=progress, label=label)
@@ -113,6 +117,9 @@ def _report(v: int, results, summary=None) -> None:
                                                        "resent_after_crash", "prompt_tokens",
                                                        "completion_tokens", "cost_usd", "stopped")})
     console.print(f"wrote version {v}: " + ", ".join(f"{n} {k}" for k, n in sorted(c.items())))
+    if c.get("truncated"):
+        console.print(f"[yellow]{c['truncated']} answers were cut at --max-tokens (parse_status=truncated); "
+                      "rerun with a larger --max-tokens to redo them[/]")
     if summary is not None and summary.stopped:
         console.print(f"[yellow]stopped by --max-cost after ${summary.cost_usd:.4f}; "
                       f"{summary.skipped} requests not sent. Rerun with a larger --max-cost to resume "
@@ -181,7 +188,7 @@ def api_(store: Path = STORE, version: str = VERSION, base_url: str = BASE_URL, 
 @annotate_app.command("self")
 def self_(store: Path = STORE, version: str = VERSION,
           base_url: str = typer.Option(None, "--base-url", help="URL of `vllm serve CHECKPOINT` (or any OpenAI-compatible server of the policy)."),
-          model: str = typer.Option(None, "--model", help="Served model name (default: the checkpoint path)."),
+          model: str = typer.Option(None, "--model", help="Served model name (default: what GET <base-url>/models lists: its only model, or the one named like the checkpoint)."),
           checkpoint: str = typer.Option(..., "--checkpoint", help="The policy checkpoint directory (recorded in lineage)."),
           api_key_env: str = KEY_ENV, concurrency: int = CONC, timeout: float = TIMEOUT,
           max_attempts: int = ATTEMPTS, max_tokens: int = MAX_TOKENS, response_format: str = RESP_FMT,
@@ -193,6 +200,8 @@ def self_(store: Path = STORE, version: str = VERSION,
 
     In-process (no --base-url): the checkpoint is loaded with transformers and answers greedily through the same cache; without constrained decoding a small policy's non-JSON answers are recorded as failed rows with the raw answer kept. Cost is 0 either way; lineage names the checkpoint.
     """
+    if base_url and not model:
+        model = served_model(base_url, api_key_env, checkpoint)
     _api(store, _v(version), base_url or "in-process", model or checkpoint, api_key_env, concurrency, timeout,
          max_attempts, None, 0.0, 0.0, max_tokens, response_format, prompts, cache, limit, progress, "self",
          checkpoint, in_process=not base_url, executor=executor, ray_address=ray_address, ray_actors=ray_actors)
@@ -261,6 +270,29 @@ def extract_(store: Path = STORE, version: str = VERSION,
                 sb.add(r.get("prompt_id") or r["rollout_id"], r["skill"])
         sb.save(bank)
     _report(v, results, summary)
+
+
+def served_model(base_url: str, key_env: str, checkpoint: str) -> str:
+    """The model to ask when --model is not given: what the server lists at GET /models — its only
+    model, or the one named like the checkpoint; refused (ValueError) when that is ambiguous or
+    the list cannot be read."""
+    import openai
+
+    from annotate.faults import require_key
+
+    try:
+        with openai.OpenAI(base_url=base_url, api_key=require_key(base_url, key_env), max_retries=0,
+                           timeout=10.0) as client:
+            ids = [m.id for m in client.models.list()]
+    except openai.OpenAIError as e:
+        raise ValueError(f"--model not given and {base_url}/models could not be read ({type(e).__name__}: "
+                         f"{e}); give --model as the server names it") from None
+    name = checkpoint.rstrip("/")
+    pick = ids if len(ids) == 1 else [i for i in ids if i in (name, name.split("/")[-1])]
+    if len(pick) != 1:
+        raise ValueError(f"--model not given and {base_url} serves {ids or 'no model'}: choose one with --model")
+    console.print(f"model: {pick[0]!r} (from {base_url}/models)")
+    return pick[0]
 
 
 def _v(version: str | None):

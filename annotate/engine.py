@@ -10,14 +10,20 @@ through the official `openai.AsyncOpenAI` client on the aiohttp transport and re
   by the server instead of recomputed (see `journal.py` for the exact guarantee);
 - retries: timeouts, connection errors, 408/409/5xx and 429 retry with exponential backoff + jitter,
   never sooner than ``Retry-After`` / ``retry-after-ms``; other 4xx fail the row at once;
+- fatal faults (`faults.py`: 401/403, 404 model, 429 ``insufficient_quota``, a 400 refusing the
+  response format, connection refused on every attempt) stop the whole job at once: nothing more
+  is sent, unsent requests stay unsent (``skipped``), ``summary.fatal`` says the cause and the fix;
+  a missing key for a non-local endpoint is refused before anything is sent;
 - adaptive concurrency: a 429 halves the send limit (at most once per second) and pauses sending
   for Retry-After; each success adds 1/limit back (AIMD). ``x-ratelimit-remaining-requests|tokens``
   of 0 pauses sending until the matching ``x-ratelimit-reset-*``;
-- cost: usage tokens x `Price`; `max_cost_usd` stops dispatching new requests once the spend plus
-  the expected cost of those in flight and of the next one would pass it (expected = the mean cost
-  so far; before any answer, an upper bound from the request's size and max_tokens), finishes
-  those in flight, and returns cleanly
-  (the rest are ``skipped``; a rerun with a larger budget picks them up, cached answers are free).
+- cost: usage tokens x `Price`; `max_cost_usd` is ONE budget per job (`EngineConfig.job_id`),
+  shared by every engine run of the job in any process through `ledger.py`: a request is sent
+  only if the job's spend plus the expected cost of everything in flight and of this one stays
+  within it (expected = the job's mean cost so far; before any answer, an upper bound from the
+  request's size and max_tokens). Then dispatch stops, what is in flight finishes, and the run
+  returns cleanly (the rest are ``skipped``; a rerun with a larger budget picks them up, cached
+  answers are free).
 """
 
 from __future__ import annotations
@@ -28,15 +34,17 @@ import itertools
 import email.utils
 import hashlib
 import json
-import os
 import random
 import re
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from annotate.faults import fatal_cause, refused, refused_cause, require_key
 from annotate.journal import CallRecord, Journal, canonical
+from annotate.ledger import Ledger
 from annotate.pricing import Price
 from annotate.secrets import secret_values
 
@@ -59,6 +67,7 @@ class EngineConfig:
     label: str = "annotate"
     flush_s: float = 0.05  # answers are committed at least this often...
     flush_n: int = 64  # ...or every this many
+    job_id: str | None = None  # runs sharing an id share one --max-cost budget and stop flag (ledger.py)
 
 
 @dataclass
@@ -70,7 +79,7 @@ class Summary:
     sent: int = 0
     done: int = 0
     failed: int = 0
-    skipped: int = 0  # not sent because the cost budget was reached
+    skipped: int = 0  # not sent: the cost budget was reached, or a fatal fault stopped the job
     retries: int = 0
     rate_limited: int = 0
     ratelimit_pauses: int = 0  # answers whose x-ratelimit-remaining-* was 0 (sending paused)
@@ -80,7 +89,8 @@ class Summary:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     elapsed_s: float = 0.0
-    stopped: str | None = None  # "max-cost" when the budget stopped the run
+    stopped: str | None = None  # "max-cost" when the budget stopped the run, "fatal" on a fatal fault
+    fatal: str | None = None  # the fatal fault's cause and fix, one line
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -188,15 +198,16 @@ def _ratelimit_pause_s(headers) -> float | None:
 class _Run:
     """State of one engine run; the main flow is `_run` below."""
 
-    def __init__(self, config: EngineConfig, journal: Journal, total: int, api_key: str):
+    def __init__(self, config: EngineConfig, journal: Journal, total: int, api_key: str, ledger: Ledger):
         self.cfg = config
         # Every string that leaves the engine (answers, raw responses, errors) goes through
         # `redact`: the key in use plus any secret-looking environment variable.
         self._secrets = secret_values((api_key,))
         self.journal = journal
+        self.ledger = ledger
         self.summary = Summary(requests=total)
         self.records: dict[str, CallRecord] = {}
-        self.inflight_cost: dict[str, float] = {}
+        self.reserved: set[str] = set()
         self.unsent: set[str] = set()
         self.stop = False
         self._progress = None
@@ -209,27 +220,56 @@ class _Run:
                     text = text.replace(v, "***")
         return text
 
-    # -- budget ---------------------------------------------------------------------------
+    # -- budget and stops --------------------------------------------------------------------
     def expected_cost(self, body_json: str, body: dict) -> float:
-        """What sending this request will probably cost: the mean cost of answers so far, or
-        before any answer an upper bound (prompt ~ chars/4 tokens, completion = max_tokens)."""
-        if self.summary.done:
-            return self.summary.cost_usd / self.summary.done
+        """What sending this request will probably cost: the job's mean cost per answer so far,
+        or before any answer an upper bound (prompt ~ chars/4 tokens, completion = max_tokens)."""
+        mean = self.ledger.mean_cost()
+        if mean is not None:
+            return mean
         return self.cfg.price.cost(len(body_json) // 4, int(body.get("max_tokens") or 1024))
 
-    def over_budget(self, next_cost: float) -> bool:
-        """Would sending one more request let spend + expected cost in flight pass --max-cost?"""
-        cap = self.cfg.max_cost_usd
-        if cap is None:
-            return False
-        return self.summary.cost_usd + sum(self.inflight_cost.values()) + next_cost > cap
+    async def admit(self, key: str, body_json: str, body: dict) -> bool:
+        """Reserve this request's expected cost in the job's budget; wait while requests in flight
+        (here or in another process of the job) hold the rest; False when the budget is spent."""
+        if self.cfg.max_cost_usd is None:
+            return True
+        while not self.stop:
+            verdict = self.ledger.reserve(key, self.expected_cost(body_json, body))
+            if verdict == "ok":
+                self.reserved.add(key)
+                return True
+            if verdict == "stop":
+                self.halt(self.ledger.stopped() or "max-cost")
+                return False
+            await asyncio.sleep(0.02)  # answers in flight will replace estimates with real costs
+        return False
+
+    def halt(self, reason: str) -> None:
+        """Stop dispatching: ``max-cost``, or ``fatal: <cause>`` (also stops the job's other runs)."""
+        if self.stop:
+            return
+        self.stop = True
+        if reason.startswith("fatal: "):
+            self.summary.stopped, self.summary.fatal = "fatal", reason[len("fatal: "):]
+            self.ledger.stop(reason)
+        else:
+            self.summary.stopped = "max-cost"
+
+    def check_job(self) -> None:
+        """Pick up a stop another run of the same job recorded (between chunks)."""
+        if not self.stop and (why := self.ledger.stopped()):
+            self.halt(why)
 
     # -- one request ------------------------------------------------------------------------
-    async def call(self, client, limiter: _Limiter, key: str, body_json: bytes) -> CallRecord:
+    async def call(self, client, limiter: _Limiter, key: str, body_json: bytes, model: str) -> CallRecord | None:
+        """The request's record, or None when a fatal fault stopped the job (the request then
+        counts as not sent: its row is ``skipped`` and a rerun sends it)."""
         import httpx2
         import openai
 
         last_error = ""
+        n_refused = 0
         for attempt in range(1, self.cfg.max_attempts + 1):
             await limiter.acquire()
             ok = False
@@ -248,8 +288,13 @@ class _Run:
                 return self._parse_ok(key, text, attempt)
             except openai.APIStatusError as e:
                 status = e.status_code
-                last_error = self.redact(f"HTTP {status}: {_short(e.response.text if e.response is not None else str(e))}")
+                text = e.response.text if e.response is not None else str(e)
+                last_error = self.redact(f"HTTP {status}: {_short(text)}")
                 headers = e.response.headers if e.response is not None else None
+                fatal = fatal_cause(status, text, model=model, base_url=self.cfg.base_url, key_env=self.cfg.api_key_env)
+                if fatal:
+                    self.halt("fatal: " + self.redact(fatal))
+                    return None
                 if status == 429:
                     self.summary.rate_limited += 1
                     wait = retry_after_s(headers)
@@ -259,11 +304,21 @@ class _Run:
                 else:
                     wait = retry_after_s(headers)
             except (openai.APITimeoutError, openai.APIConnectionError) as e:
-                last_error = self.redact(f"{type(e).__name__}: {e}")
+                if refused(e):  # the aiohttp transport reports a refused connection as a timeout
+                    n_refused += 1
+                    last_error = f"connection refused by {self.cfg.base_url}"
+                    # every attempt refused, or the server was never reached in this run: not there
+                    if n_refused == self.cfg.max_attempts or (n_refused >= 3 and not self.summary.done):
+                        self.halt("fatal: " + refused_cause(self.cfg.base_url, n_refused))
+                        return None
+                else:
+                    last_error = self.redact(f"{type(e).__name__}: {e}")
             except Exception as e:  # noqa: BLE001 - one bad request fails its row, never the job
                 return self._failed(key, self.redact(f"unexpected {type(e).__name__}: {e}"), attempt)
             finally:
                 limiter.release(ok)
+            if self.stop and self.summary.stopped == "fatal":
+                return None  # another request found a fatal fault: do not retry this one
             if attempt < self.cfg.max_attempts:
                 self.summary.retries += 1
                 await asyncio.sleep(max(wait or 0.0, self._backoff(attempt)))
@@ -293,8 +348,10 @@ class _Run:
     # -- bookkeeping ------------------------------------------------------------------------
     def finish(self, rec: CallRecord) -> None:
         self.records[rec.key] = rec
-        self.inflight_cost.pop(rec.key, None)
         self.journal.record(rec)
+        if rec.key in self.reserved:
+            self.reserved.discard(rec.key)
+            self.ledger.settle(rec.key, rec.cost_usd, paid=rec.state == "done")
         s = self.summary
         if rec.state == "done":
             s.done += 1
@@ -348,9 +405,10 @@ async def _run(bodies: Iterable[dict], cfg: EngineConfig, total: int | None,
     from openai import DefaultAioHttpClient
 
     t0 = time.perf_counter()
+    api_key = require_key(cfg.base_url, cfg.api_key_env)  # refused here: nothing sent without a key
     journal = Journal(cfg.cache_path)
-    api_key = os.environ.get(cfg.api_key_env) or "none"  # local servers accept any key
-    run = _Run(cfg, journal, total or 0, api_key)
+    ledger = Ledger(cfg.cache_path, cfg.job_id or uuid.uuid4().hex, cfg.max_cost_usd)
+    run = _Run(cfg, journal, total or 0, api_key, ledger)
     crashed = journal.inflight()
     # key -> (canonical JSON, body); filled as bodies are rendered, so sending starts at once
     keyed: dict[str, tuple[str, dict]] = {}
@@ -381,6 +439,7 @@ async def _run(bodies: Iterable[dict], cfg: EngineConfig, total: int | None,
             run.tick(len(hits))
             todo = [k for k in fresh if k not in hits]
             run.summary.resent_after_crash += len(crashed.intersection(todo))
+            run.check_job()
             if run.stop or not todo:
                 continue  # after a budget stop: keep hashing (for the counts), send nothing
             while queue.qsize() > chunk and not run.stop:
@@ -398,20 +457,16 @@ async def _run(bodies: Iterable[dict], cfg: EngineConfig, total: int | None,
     async def worker(client) -> None:
         while (key := await queue.get()) is not None:
             body_json, body = keyed[key]
-            est = run.expected_cost(body_json, body) if cfg.max_cost_usd is not None else 0.0
-            while not run.stop and run.over_budget(est) and run.inflight_cost:
-                # Answers in flight will replace estimates with real costs: wait, then re-check.
-                await asyncio.sleep(0.01)
-                est = run.expected_cost(body_json, body)
-            if run.stop or run.over_budget(est):
-                if not run.stop:
-                    run.stop = True
-                    run.summary.stopped = "max-cost"
+            if run.stop or not await run.admit(key, body_json, body):
                 continue
             run.unsent.discard(key)
-            run.inflight_cost[key] = est
             run.summary.sent += 1
-            run.finish(await run.call(client, limiter, key, body_json.encode()))
+            rec = await run.call(client, limiter, key, body_json.encode(), str(body.get("model")))
+            if rec is None:  # a fatal fault: not answered, so not sent as far as the rows go
+                run.summary.sent -= 1
+                run.unsent.add(key)
+            else:
+                run.finish(rec)
 
     async def flusher() -> None:
         while True:
@@ -433,9 +488,11 @@ async def _run(bodies: Iterable[dict], cfg: EngineConfig, total: int | None,
             flush_task.cancel()
     finally:
         journal.flush()
-        # Journaled but never sent (budget stop): not in flight after all.
+        # Journaled but never sent (budget stop, fatal fault): not in flight after all.
         journal.forget_unsent(sorted(run.unsent))
         journal.close()
+        ledger.release(run.reserved | set(keyed))  # this run's keys hold no reservation after it
+        ledger.close()
         if progress is not None:
             progress.stop()
     run.summary.skipped = len(keyed) - len(run.records)

@@ -121,7 +121,10 @@ def merge_summaries(parts: list[dict]) -> dict | None:
     if not parts:
         return None
     out = {k: sum(p.get(k) or 0 for p in parts) for k in SUMMED}
-    out["stopped"] = next((p["stopped"] for p in parts if p.get("stopped")), None)
+    # a fatal fault outranks a budget stop: it is what the user must fix
+    out["stopped"] = next((p["stopped"] for p in parts if p.get("stopped") == "fatal"), None) or next(
+        (p["stopped"] for p in parts if p.get("stopped")), None)
+    out["fatal"] = next((p["fatal"] for p in parts if p.get("fatal")), None)
     out["elapsed_s"] = max(p.get("elapsed_s") or 0.0 for p in parts)
     return out
 

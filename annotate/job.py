@@ -13,13 +13,15 @@ from dataclasses import dataclass, replace
 
 import pyarrow as pa
 
+from annotate.faults import JobStopped
 from annotate.protocol import Annotator, Provenance, RowResult
 from annotate.spans_adapter import merge_spans, validate_spans
-from datastore.schema import ANNOTATION_STRUCT
+from datastore.schema import ANNOTATION_TYPE, evidence_entries
 from spans.model import SPANS_TYPE, Span
 
 READ_COLUMNS = ["rollout_id", "prompt_id", "group_id", "prompt", "response", "correct", "reference", "skill",
-                "spans", "error_type"]
+                "spans", "error_type", "annotation"]
+GOOD = ("ok", "repaired")  # statuses whose spans are written; failed | truncated | skipped keep the old ones
 
 
 def read_records(store, version=None, limit: int | None = None) -> tuple[int, list[dict]]:
@@ -76,13 +78,30 @@ def _map(store, annotator, limit, executor, *, version=None, check=True, group_k
     return parent, records, results
 
 
+def merge_evidence(cell, prov: Provenance, res: RowResult) -> list[dict]:
+    """The row's `annotation` entries with this annotator's replaced by `res`'s evidence; other
+    annotators' entries untouched. A rerun that did not produce spans (failed, truncated) while
+    this annotator's entry is good keeps that entry — the row still holds its good spans — and
+    records the failure in ``rerun_error``; a skipped rerun (never sent) changes nothing."""
+    entries = evidence_entries(cell)
+    who = (prov.source, prov.annotator)
+    mine = next((e for e in entries if (e.get("source"), e.get("annotator")) == who), None)
+    new = {"source": prov.source, "annotator": prov.annotator, **res.evidence(), "rerun_error": None}
+    if mine is not None and res.status == "skipped":
+        new = mine
+    elif mine is not None and res.status not in GOOD and mine.get("parse_status") in GOOD:
+        new = {**mine, "rerun_error": f"{res.status}: {res.error}"}
+    rest = [e for e in entries if e is not mine]
+    return sorted(rest + [new], key=lambda e: (e.get("source") or "", e.get("annotator") or ""))
+
+
 def update_table(records: list[dict], results: list[RowResult], prov: Provenance,
                  with_skill: bool = False) -> pa.Table:
     """rollout_id + spans, error_type, annotation (+ skill) for `store.update`."""
     ids, spans_col, types, evidence, skills = [], [], [], [], []
     for rec, res in zip(records, results):
         existing = [Span.from_dict(s) for s in (rec.get("spans") or [])]
-        if res.status in ("ok", "repaired"):
+        if res.status in GOOD:
             merged = merge_spans(existing, res.spans, prov.source, prov.annotator)
             etype = res.error_type
         else:
@@ -90,13 +109,13 @@ def update_table(records: list[dict], results: list[RowResult], prov: Provenance
         ids.append(rec["rollout_id"])
         spans_col.append([s.to_dict() for s in merged])
         types.append(etype)
-        evidence.append(res.evidence())
+        evidence.append(merge_evidence(rec.get("annotation"), prov, res))
         skills.append(res.skill)
     cols = {
         "rollout_id": pa.array(ids, pa.string()),
         "spans": pa.array(spans_col, SPANS_TYPE),
         "error_type": pa.array(types, pa.string()),
-        "annotation": pa.array(evidence, ANNOTATION_STRUCT),
+        "annotation": pa.array(evidence, ANNOTATION_TYPE),
     }
     if with_skill:
         cols["skill"] = pa.array(skills, pa.string())
@@ -120,21 +139,50 @@ def lineage_for(prov: Provenance, stage: str, parent: int, results: list[RowResu
     )
 
 
+def _run_summary(annotator, executor) -> dict | None:
+    """Engine totals (usage, cost, stop) once the job ran: merged over Ray batches, or the annotator's own."""
+    summary = getattr(executor, "summary", None) or getattr(annotator, "summary", None)
+    return summary if isinstance(summary, dict) or summary is None else summary.as_dict()
+
+
+def _stopped_before_write(summary: dict | None, results: list[RowResult]) -> None:
+    """A fatal fault with no row answered: write nothing (a version of skipped rows says nothing)."""
+    if summary and summary.get("fatal") and all(r.status == "skipped" for r in results):
+        raise JobStopped(f"{summary['fatal']} (nothing was answered; no version written)")
+
+
+def _stopped_after_write(summary: dict | None, results: list[RowResult], v: int) -> None:
+    if summary and summary.get("fatal"):
+        n = sum(r.status != "skipped" for r in results)
+        raise JobStopped(f"{summary['fatal']} (wrote version {v} with the {n} rows answered before the stop; "
+                         "the rerun sends the rest)")
+
+
 def annotate_store(store, annotator: Annotator, version=None, *, limit: int | None = None,
                    extra: dict | None = None, executor=None) -> tuple[int, list[RowResult]]:
     """Annotate every row of `version` (default latest) and write one new version. Returns
     (new version, results). `executor` (annotate/executor.py) decides where batches run; the
-    commit below is the single committer either way."""
+    commit below is the single committer either way.
+
+    Raises `JobStopped` when a fatal fault (`annotate.faults`) stopped the job: after writing the
+    rows answered before it, or without writing when none was.
+
+    A store of schema v1 (one evidence struct per row) is first migrated to per-annotator evidence
+    (`datastore.migrate.migrate_evidence`: two versions, lineage stage ``migrate``)."""
+    from datastore.migrate import migrate_evidence
+
+    migrate_evidence(store)
     parent, records, results = _map(store, annotator, limit, executor, version=version)
     prov = annotator.provenance
     c = counts(results)
     message = (f"annotate {prov.annotator} on v{parent}: "
                + ", ".join(f"{n} {k}" for k, n in sorted(c.items())))
-    # engine totals (usage, cost) once the job ran: merged over Ray batches, or the annotator's own
-    summary = getattr(executor, "summary", None) or getattr(annotator, "summary", None)
-    run = {"run": summary if isinstance(summary, dict) else summary.as_dict()} if summary else {}
+    summary = _run_summary(annotator, executor)
+    _stopped_before_write(summary, results)
+    run = {"run": summary} if summary else {}
     v = store.update(update_table(records, results, prov), message=message,
                      lineage=lineage_for(prov, "annotate", parent, results, {**run, **(extra or {})}))
+    _stopped_after_write(summary, results, v)
     return v, results
 
 
@@ -151,5 +199,8 @@ def skills_store(store, extractor: Annotator, version=None, *, limit: int | None
     })
     c = counts(results)
     message = f"skills {prov.annotator} on v{parent}: " + ", ".join(f"{n} {k}" for k, n in sorted(c.items()))
+    summary = _run_summary(extractor, executor)
+    _stopped_before_write(summary, results)
     v = store.update(table, message=message, lineage=lineage_for(prov, "skills", parent, results, extra))
+    _stopped_after_write(summary, results, v)
     return v, results

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from datastore.schema import evidence_for
 from spans import (
     SPANS_TYPE, Span, SpanError, agreement, as_span, ls_text_matches, merge_spans, select_spans, spans_to_arrow,
     validate,
@@ -214,7 +215,17 @@ def prompt_hashes(store) -> dict[str, str]:
     return out
 
 
-_SCORE = {"ok": 1.0, "repaired": 0.5, "failed": 0.0, "skipped": 0.0}
+_SCORE = {"ok": 1.0, "repaired": 0.5, "failed": 0.0, "truncated": 0.0, "skipped": 0.0}
+
+
+def evidence_score(cell, source: str, annotator: str) -> float:
+    """How cleanly THIS annotator's own output parsed on a row (its own `annotation` entry, never
+    another job's): 1 ok, 0.5 repaired, 0 failed/truncated/skipped; 1 for rules and when the row
+    holds no evidence of it (spans from elsewhere, e.g. an import)."""
+    if source == "rule":
+        return 1.0
+    e = evidence_for(cell, source, annotator)
+    return _SCORE.get((e or {}).get("parse_status") or "ok", 1.0)
 
 
 def _result(i: int, s: Span) -> dict:
@@ -232,7 +243,6 @@ def task_for_row(row: dict, hashes: dict[str, str], version: int) -> dict:
     for s in map(as_span, row.get("spans") or ()):
         if s.source != "human":
             machine.setdefault((s.source, s.annotator), []).append(s)
-    status = (row.get("annotation") or {}).get("parse_status")
     predictions = []
     for (source, annotator), group in sorted(machine.items()):
         result = [_result(i, s) for i, s in enumerate(group)]
@@ -242,7 +252,7 @@ def task_for_row(row: dict, hashes: dict[str, str], version: int) -> dict:
         h = hashes.get(annotator)
         predictions.append({
             "model_version": f"{source}:{annotator}" + (f"@{h}" if h else ""),
-            "score": 1.0 if source == "rule" else _SCORE.get(status or "ok", 1.0),
+            "score": evidence_score(row.get("annotation"), source, annotator),
             "result": result,
         })
     data = {
@@ -502,7 +512,7 @@ def status(store, client, project: int) -> Status:
         annotated += int((t.total_annotations or 0) > 0)
         cancelled += int((t.cancelled_annotations or 0) > 0)
     cursor = load_cursor(store, project)
-    rows = [r for r in store.read(columns=["rollout_id", "response", "spans"]).to_pylist()
+    rows = [r for r in store.read(columns=["rollout_id", "response", "spans", "annotation"]).to_pylist()
             if r["rollout_id"] in cursor["pulled"]]
     scores: dict[str, dict] = {}
     machines = sorted({(s.source, s.annotator) for r in rows for s in map(as_span, r["spans"] or ())
@@ -512,4 +522,7 @@ def status(store, client, project: int) -> Status:
         mach = [select_spans(r["spans"], source=src, annotator=who) for r in rows]
         res = agreement(human, mach, [r["response"] for r in rows])
         scores[f"{src}:{who}"] = {k: asdict(v) for k, v in res.items()}
+        # its own evidence on those rows: mean parse score (1 ok, 0.5 repaired, 0 failed/truncated)
+        scores[f"{src}:{who}"]["parse_score"] = (
+            sum(evidence_score(r.get("annotation"), src, who) for r in rows) / len(rows) if rows else None)
     return Status(project, pushed, annotated, cancelled, len(cursor["pulled"]), scores)

@@ -16,35 +16,86 @@ from annotate.templates import ERROR_TYPES
 from annotate.spans_adapter import Seg, locate, segments
 from spans.model import Span
 
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
+# Reasoning models think out loud inside these tags; what is inside is a draft, never the answer.
+_REASONING = re.compile(r"<(think|thinking|reasoning)>.*?</\1>", re.S | re.I)
+_OPEN_REASONING = re.compile(r"<(think|thinking|reasoning)>", re.I)
+_DECODER = json.JSONDecoder()
+_TYPES = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float), "boolean": bool}
 
 
-def parse_json(content: str | None) -> tuple[dict | None, str, str | None]:
-    """(object, status, error): status ``ok`` for strict JSON, ``repaired`` when a fence, prose
-    around the object or trailing commas had to be removed, ``failed`` with the reason otherwise."""
+def fits(obj, schema: dict | None) -> bool:
+    """Does `obj` have the schema's shape: an object holding every `required` key, each top-level
+    property of its declared JSON type? (Bounds such as maxItems are not checked here: a longer
+    answer is still the answer.)"""
+    if not isinstance(obj, dict):
+        return False
+    if not schema:
+        return True
+    props = schema.get("properties") or {}
+    for name in schema.get("required") or ():
+        want = _TYPES.get((props.get(name) or {}).get("type"), object)
+        if name not in obj or not isinstance(obj[name], want) or (want is int and isinstance(obj[name], bool)):
+            return False
+    return True
+
+
+def _objects(text: str) -> list[dict]:
+    """Every complete top-level JSON object in `text`, in order (braces in prose are skipped)."""
+    out, i = [], text.find("{")
+    while i >= 0:
+        try:
+            obj, end = _DECODER.raw_decode(text, i)
+        except json.JSONDecodeError:
+            i = text.find("{", i + 1)
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+        i = text.find("{", end)
+    return out
+
+
+def parse_json(content: str | None, schema: dict | None = None) -> tuple[dict | None, str, str | None]:
+    """(object, status, error) of a model's answer.
+
+    ``ok``: the whole answer is one JSON object (fitting `schema`, when given). ``repaired``: the
+    answer was found around other text — a code fence, prose, reasoning in ``<think>…</think>``
+    before it (drafts inside it never count), notes after it, trailing commas — and it is the
+    **last** complete top-level object that fits `schema` (`fits`). ``failed`` with the reason
+    otherwise (the first JSON error, or which objects were found and why none fits).
+    """
     if content is None or not content.strip():
         return None, "failed", "empty answer"
     try:
         obj = json.loads(content)
-        if isinstance(obj, dict):
+        if fits(obj, schema):
             return obj, "ok", None
-        return None, "failed", f"answer is JSON {type(obj).__name__}, not an object"
+        first_error = _why_not(obj, schema)
     except json.JSONDecodeError as e:
         first_error = f"invalid JSON: {e}"
-    candidates = [m.group(1) for m in _FENCE.finditer(content)]
-    a, b = content.find("{"), content.rfind("}")
-    if 0 <= a < b:
-        candidates.append(content[a : b + 1])
-    for c in candidates:
-        for text in (c, _TRAILING_COMMA.sub(r"\1", c)):
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(obj, dict):
-                return obj, "repaired", None
+    answer = _REASONING.sub(" ", content)
+    opened = _OPEN_REASONING.search(answer)
+    if opened:  # reasoning never closed: everything after the tag is thought, not an answer
+        answer = answer[: opened.start()]
+        if not answer.strip():
+            return None, "failed", f"answer ended inside <{opened.group(1)}> (no JSON after the reasoning)"
+    for text in (answer, _TRAILING_COMMA.sub(r"\1", answer)):
+        found = _objects(text)
+        good = [o for o in found if fits(o, schema)]
+        if good:
+            return good[-1], "repaired", None
+    if found:
+        return None, "failed", f"{len(found)} JSON object(s) found, none fits the schema: {_why_not(found[-1], schema)}"
     return None, "failed", first_error
+
+
+def _why_not(obj, schema: dict | None) -> str:
+    if not isinstance(obj, dict):
+        return f"answer is JSON {type(obj).__name__}, not an object"
+    missing = [k for k in (schema or {}).get("required") or () if k not in obj]
+    if missing:
+        return f"object lacks {', '.join(map(repr, missing))}"
+    return "a required field has the wrong type"
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ class RowResult:
     """What one annotator says about one rollout, with its evidence (DESIGN §2 `annotation`).
 
     `spans` are this annotator's spans only (the job merges them with other annotators' spans).
-    `status` is the annotation's ``parse_status``: ok | repaired | failed | skipped; a failed or
-    skipped row keeps whatever spans and error_type it had.
+    `status` is the annotation's ``parse_status``: ok | repaired | failed | truncated (the answer
+    was cut at max_tokens) | skipped; a row that is not ok/repaired keeps whatever spans and
+    error_type it had.
     """
 
     rollout_id: str
@@ -30,7 +31,8 @@ class RowResult:
     skill: str | None = None
 
     def evidence(self) -> dict:
-        """The `annotation` struct (datastore.schema.ANNOTATION_STRUCT)."""
+        """This result's fields of an evidence entry (`datastore.schema.EVIDENCE_STRUCT`; the job
+        adds ``source``/``annotator`` and keeps one entry per annotator)."""
         return {
             "request_hash": self.request_hash,
             "raw_response": self.raw_response,

@@ -12,6 +12,11 @@ own process (`python -m annotate.scripted_server`, prints ``READY <base_url>``).
 - idempotency: a request whose ``Idempotency-Key`` was already answered gets the stored answer
   again (logged ``replayed``, not billed); one still being computed gets 409. So the request log
   proves whether any request was *answered* (computed, billed) twice;
+- `max_tokens` is enforced as a real server does (4 characters a token): a longer answer is cut
+  and says ``finish_reason: "length"``;
+- a server's own refusals: `models` (a model it does not serve gets 404, as vLLM answers),
+  `api_key` (any other bearer token gets 401), and `FaultPlan.fatal` (insufficient_quota 429,
+  401, 403, 404, a 400 refusing the schema) after `fatal_after` answers — faults no retry fixes;
 - optional fixed latency per answer (`latency_s`) for throughput benchmarks.
 """
 
@@ -43,6 +48,9 @@ class FaultPlan:
     faulty_attempts: int = 2
     seed: int = 0
     ratelimit_every: int = 0  # every Nth answer says x-ratelimit-remaining-requests: 0 (reset 20ms)
+    # a fault no retry fixes, on every request after the first `fatal_after` answers (see FATAL)
+    fatal: str | None = None
+    fatal_after: int = 0
 
     def draw(self, key: str, attempt: int) -> str | None:
         if attempt > self.faulty_attempts:
@@ -58,6 +66,25 @@ class FaultPlan:
 def _unit(s: str) -> float:
     """A deterministic number in [0, 1) from a string."""
     return int.from_bytes(hashlib.sha256(s.encode()).digest()[:8], "big") / 2**64
+
+
+# Bodies as OpenAI's API words them (error.type / error.code), for faults no retry can fix.
+FATAL = {
+    "insufficient_quota": (429, {"message": "You exceeded your current quota, please check your plan and billing "
+                                            "details.", "type": "insufficient_quota", "code": "insufficient_quota"}),
+    "invalid_api_key": (401, {"message": "Incorrect API key provided.", "type": "invalid_request_error",
+                              "code": "invalid_api_key"}),
+    "permission_denied": (403, {"message": "Project does not have access to this model.",
+                                "type": "invalid_request_error", "code": "model_not_allowed"}),
+    "model_not_found": (404, {"message": "The model does not exist or you do not have access to it.",
+                              "type": "invalid_request_error", "code": "model_not_found"}),
+    "bad_schema": (400, {"message": "Invalid schema for response_format 'key_spans': 'maxLength' is not permitted.",
+                         "type": "invalid_request_error", "code": "invalid_json_schema"}),
+}
+
+
+def _error(status: int, err: dict) -> tuple[int, bytes, list]:
+    return status, json.dumps({"error": err}).encode(), []
 
 
 @dataclass
@@ -132,15 +159,28 @@ class _State:
     computing: set[str] = field(default_factory=set)
     log_path: str | None = None
     n_answers: int = 0
+    models: tuple[str, ...] | None = None  # served model names (None: any); others get 404 like vLLM
+    api_key: str | None = None  # when set, any other bearer token gets 401
 
 
-async def handle(state: _State, raw: bytes, idem_key: str | None, log) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+async def handle(state: _State, raw: bytes, idem_key: str | None, log,
+                 auth: str | None = None) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """One chat-completion request -> (status, body, extra headers). Shared by both routes below."""
+    if state.api_key is not None and auth != f"Bearer {state.api_key}":
+        log("-", 0, "401")
+        return _error(*FATAL["invalid_api_key"])
     try:
         body = json.loads(raw)
         assert isinstance(body.get("messages"), list) and body.get("model")
     except (ValueError, AssertionError, AttributeError):
         return 400, b'{"error":{"message":"invalid request: need model and messages[]"}}', []
+    if state.models is not None and body["model"] not in state.models:
+        log("-", 0, "404")
+        return _error(404, {"message": f"The model `{body['model']}` does not exist.", "type": "NotFoundError",
+                            "code": 404})
+    if state.faults.fatal and state.n_answers >= state.faults.fatal_after:
+        log("-", 0, state.faults.fatal)
+        return _error(*FATAL[state.faults.fatal])
     key = idem_key or hashlib.sha256(raw).hexdigest()
     attempt = state.attempts[key] = state.attempts.get(key, 0) + 1
     fault = state.faults.draw(key, attempt)
@@ -168,11 +208,15 @@ async def handle(state: _State, raw: bytes, idem_key: str | None, log) -> tuple[
         content = state.responder(body)
         prompt_chars = sum(len(m.get("content") or "") for m in body["messages"])
         usage = {"prompt_tokens": prompt_chars // 4 + 1, "completion_tokens": len(content) // 4 + 1}
+        finish = "stop"
+        limit = body.get("max_tokens") or body.get("max_completion_tokens")
+        if isinstance(limit, int) and usage["completion_tokens"] > limit:  # 4 chars a token, as counted
+            content, finish, usage["completion_tokens"] = content[: 4 * limit], "length", limit
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         answer = json.dumps({
             "id": "chatcmpl-" + key[:16], "object": "chat.completion", "created": 0,
             "model": body.get("model", "scripted"),
-            "choices": [{"index": 0, "finish_reason": "stop",
+            "choices": [{"index": 0, "finish_reason": finish,
                          "message": {"role": "assistant", "content": content}}],
             "usage": usage,
         }).encode()
@@ -206,12 +250,14 @@ def build_app(state: _State):
 
     @app.get("/v1/models")
     async def models() -> dict:
-        return {"object": "list", "data": [{"id": "scripted", "object": "model", "owned_by": "test"}]}
+        names = state.models if state.models is not None else ("scripted",)
+        return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "test"} for n in names]}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         status, payload, headers = await handle(state, await request.body(),
-                                                request.headers.get("idempotency-key"), log)
+                                                request.headers.get("idempotency-key"), log,
+                                                request.headers.get("authorization"))
         return Response(payload, status, headers={k.decode(): v.decode() for k, v in headers},
                         media_type="application/json")
 
@@ -227,7 +273,8 @@ def build_app(state: _State):
             chunks.append(msg.get("body", b""))
             more = msg.get("more_body", False)
         idem = next((v.decode() for k, v in scope["headers"] if k == b"idempotency-key"), None)
-        status, payload, headers = await handle(state, b"".join(chunks), idem, log)
+        auth = next((v.decode() for k, v in scope["headers"] if k == b"authorization"), None)
+        status, payload, headers = await handle(state, b"".join(chunks), idem, log, auth)
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(payload)).encode()), *headers]})
@@ -240,8 +287,10 @@ class ScriptedServer:
     """The server in a daemon thread. ``with ScriptedServer(...) as srv: srv.base_url``."""
 
     def __init__(self, responder: Responder | None = None, faults: FaultPlan = FaultPlan(),
-                 latency_s: float = 0.0, log_path: str | None = None):
-        self.state = _State(responder or ToyOracle(), faults, latency_s, log_path=log_path)
+                 latency_s: float = 0.0, log_path: str | None = None, models: tuple[str, ...] | None = None,
+                 api_key: str | None = None):
+        self.state = _State(responder or ToyOracle(), faults, latency_s, log_path=log_path,
+                            models=models, api_key=api_key)
         self._server = None
         self._thread = None
         self.base_url = ""

@@ -14,10 +14,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from annotate.api import ApiAnnotator, build_body, public_url
+from annotate.api import ApiAnnotator, build_body, not_sent_reason, public_url, read_answer
 from annotate.engine import request_key, run_calls
 from annotate.journal import canonical
-from annotate.parse import parse_json
 from annotate.templates import load
 from annotate.protocol import Provenance, RowResult
 from annotate.rule import STEP, rule_annotate
@@ -127,15 +126,15 @@ class ApiSkills:
             key = request_key(canonical(body))
             call = calls.get(key)
             if call is None:
-                per_group[g] = RowResult("", [], None, "skipped", "not sent: --max-cost reached", request_hash=key)
+                per_group[g] = RowResult("", [], None, "skipped", not_sent_reason(self.summary), request_hash=key)
                 continue
             ev = dict(request_hash=key, raw_response=call.response, prompt_tokens=call.prompt_tokens,
                       completion_tokens=call.completion_tokens, cost_usd=call.cost_usd)
-            obj, status, err = parse_json(call.content) if call.state == "done" else (None, "failed", call.error)
+            obj, status, err = read_answer(call, self.tpl.schema, self.api.params.max_tokens)
             if obj is not None and not all(isinstance(obj.get(k), str) for k in SKILL_KEYS):
                 obj, status, err = None, "failed", f"answer lacks string fields {list(SKILL_KEYS)}"
             if obj is None:
-                per_group[g] = RowResult("", [], None, "failed", err, **ev)
+                per_group[g] = RowResult("", [], None, status, err, **ev)
             else:
                 per_group[g] = RowResult("", [], None, status, None, skill=skill_json(*(obj[k] for k in SKILL_KEYS)), **ev)
         out = []

@@ -75,3 +75,12 @@ def annotated(st) -> list[dict]:
 def api_args(store, url: str, *extra: str) -> list[str]:
     return ["annotate", "api", "--store", str(store), "--base-url", url, "--model", "scripted",
             "--price-in", "1", "--price-out", "2", "--concurrency", "8", "--timeout", "5", "--no-progress", *extra]
+
+
+def ev(row: dict, annotator: str | None = None) -> dict:
+    """A row's evidence entry of `annotator` (or its only entry) in the per-annotator `annotation` list."""
+    entries = row["annotation"] or []
+    if annotator is None:
+        assert len(entries) == 1, entries
+        return entries[0]
+    return next(e for e in entries if e["annotator"] == annotator)

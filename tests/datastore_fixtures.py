@@ -49,9 +49,10 @@ def make_rows(n: int, start: int = 0, tag: str = "r") -> list[dict]:
             "spans": spans,
             "error_type": None if i % 2 else "arithmetic",
             "skill": json.dumps({"success_analysis": "s", "mistake_analysis": "m", "golden_workflow": "g"}),
-            "annotation": {"request_hash": f"h{i}", "raw_response": '{"spans": []}', "parse_status": "ok",
-                           "parse_error": None, "prompt_tokens": 100 + i, "completion_tokens": 20,
-                           "cost_usd": 0.0001 * i},
+            "annotation": [{"source": "api", "annotator": "api:toy", "request_hash": f"h{i}",
+                            "raw_response": '{"spans": []}', "parse_status": "ok", "parse_error": None,
+                            "prompt_tokens": 100 + i, "completion_tokens": 20, "cost_usd": 0.0001 * i,
+                            "rerun_error": None}],
         })
     return rows
 

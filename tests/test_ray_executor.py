@@ -197,3 +197,45 @@ def test_local_executor_is_the_plain_job_and_cli_refuses_an_address_without_ray(
         make_executor("local", "127.0.0.1:6379")
     assert main(["annotate", "rule", "--store", str(tmp_path / "a"), "--executor", "spark"]) == 1
     assert "--executor must be local or ray" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_max_cost_is_one_budget_for_the_whole_job_on_every_executor(tmp_path, request, executor):
+    """96 rows in 6 Ray batches of 16: each batch used to get the whole --max-cost (about 5x the
+    budget spent); now every batch reserves from one ledger per job."""
+    if executor == "ray":
+        request.getfixturevalue("ray_cluster")
+    budget, conc, actors = 0.006, 2, 2
+    st = make_store(tmp_path / "s", 96, seed=9)
+    with ScriptedServer(responder=CONTENT) as srv:
+        cfg = EngineConfig(base_url=srv.base_url, cache_path=tmp_path / "s" / "_annotate" / "cache.sqlite",
+                           concurrency=conc, timeout_s=5.0, price=Price(1.0, 2.0), progress=False,
+                           max_cost_usd=budget)
+        ann = ApiAnnotator(cfg, "scripted")
+        ex = RayExecutor(RayConfig(batch_size=16, actors=actors, progress=False)) if executor == "ray" else None
+        _, results = annotate_store(st, ann, executor=ex)
+        assert srv.answered_twice() == []
+    summary = ex.summary if ex is not None else ann.summary.as_dict()
+    spent, biggest = summary["cost_usd"], max(r.cost_usd for r in results)
+    full = sum({r.request_hash: r.cost_usd for r in results if r.cost_usd}.values()) / max(1, summary["done"])
+    assert summary["stopped"] == "max-cost" and summary["skipped"] > 0
+    assert sum(r.status == "skipped" for r in results) > 0
+    # what is in flight when the budget is reached may overshoot by its estimate error only
+    assert spent <= budget + actors * conc * biggest
+    assert summary["done"] * full < 96 * full / 2  # far from the ~5x overspend of a budget per batch
+
+
+def test_two_engine_runs_of_one_job_share_its_budget(tmp_path):
+    from annotate.engine import run_calls
+
+    bodies = [{"model": "m", "messages": [{"role": "user", "content": f"q{i} " * 50}], "max_tokens": 20}
+              for i in range(40)]
+    with ScriptedServer(responder=lambda body: "x" * 40) as srv:
+        cfg = EngineConfig(base_url=srv.base_url, cache_path=tmp_path / "c.sqlite", concurrency=2,
+                           price=Price(1.0, 2.0), progress=False, max_cost_usd=0.0009, job_id="job-1")
+        first, s1 = run_calls(bodies[:20], cfg)
+        second, s2 = run_calls(bodies[20:], cfg)  # another batch of the same job
+        other, s3 = run_calls(bodies[20:], EngineConfig(**{**cfg.__dict__, "job_id": "job-2"}))
+    assert s1.stopped == s2.stopped == "max-cost"
+    assert s1.cost_usd + s2.cost_usd <= 0.0009 + 2 * max(r.cost_usd for r in first.values())
+    assert s2.sent < s3.sent  # the second batch saw what the first spent; a new job did not
