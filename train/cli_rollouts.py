@@ -18,6 +18,9 @@ import typer
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
+# `--vllm-args` examples shown in --help (the CPU one is run by tests/test_rollout_vllm.py)
+VLLM_CPU_EXAMPLE = '{"kv_cache_memory_bytes": 268435456, "max_model_len": 512}'
+VLLM_GPU_EXAMPLE = '{"gpu_memory_utilization": 0.5, "max_model_len": 4096}'
 TOY_MODEL = "toy"
 SMOLLM_MODEL = "smollm2"
 
@@ -57,9 +60,19 @@ def setup_generator(model: str, backend: str, model_name: Optional[str], batch_s
     if backend == "vllm":
         from train.vllm_generator import VLLMGenerator
 
-        kwargs = {"dtype": dtype, **(json.loads(vllm_args) if vllm_args else {})}
-        return VLLMGenerator(path, model_name=name, **kwargs)
+        return VLLMGenerator(path, model_name=name, **vllm_engine_args(dtype, vllm_args))
     raise ValueError(f"--backend {backend!r}: expected hf or vllm")
+
+
+def vllm_engine_args(dtype: str, vllm_args: Optional[str]) -> dict:
+    """`--dtype` plus the `--vllm-args` JSON object (which wins); a clear error for bad JSON."""
+    try:
+        extra = json.loads(vllm_args) if vllm_args else {}
+    except ValueError as e:
+        raise ValueError(f"--vllm-args is not JSON ({e}): e.g. '{{\"max_model_len\": 2048}}'") from None
+    if not isinstance(extra, dict):
+        raise ValueError("--vllm-args must be a JSON object of vllm.LLM arguments")
+    return {"dtype": dtype, **extra}
 
 
 def setup_prompts(prompts: Optional[str], toy: Optional[int], toy_seed: int, tokenizer, mapping: list[str],
@@ -136,8 +149,9 @@ def generate(
                                              "(default: --model as given)."),
     device: Optional[str] = typer.Option(None, "--device", help="hf backend: cpu or cuda (default: cuda if available)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
-    vllm_args: Optional[str] = typer.Option(None, "--vllm-args", help="JSON of extra vllm.LLM arguments, e.g. "
-                                            "'{\"gpu_memory_utilization\": 0.1, \"enforce_eager\": true}'."),
+    vllm_args: Optional[str] = typer.Option(None, "--vllm-args", help="JSON of extra vllm.LLM arguments (win over "
+                                            "the platform defaults: on CPU a 1 GiB KV cache by bytes, eager mode). "
+                                            f"CPU: '{VLLM_CPU_EXAMPLE}'; GPU: '{VLLM_GPU_EXAMPLE}'."),
     tag: Optional[str] = typer.Option(None, "--tag", help="Tag the final version (e.g. gen-run1)."),
     executor: str = typer.Option("local", "--executor", help="local (this process) or ray (a Ray Data actor "
                                  "pool generates every missing group; the driver still writes batch by batch, "
@@ -214,7 +228,8 @@ def generate(
             pending = [r for r in records if group_id_of(r.prompt_id, gen.model_name, samp) not in done]
             rows = rollouts_on_ray(pending, checkpoint=gen.path, model_name=gen.model_name, n=n, sampling=sampling,
                                    seed=seed, verifier=verifier, backend=backend, actors=ray_actors,
-                                   address=ray_address) if pending else None
+                                   address=ray_address,
+                                   engine_kwargs=vllm_engine_args(dtype, vllm_args)) if pending else None
             generate_batch = partial(_rows_of, rows)
         with Progress(TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TextColumn("groups"),
                       TimeElapsedColumn(), TextColumn("{task.fields[acc]}"), console=console) as bar:
