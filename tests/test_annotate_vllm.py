@@ -26,16 +26,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """(base_url, model folder) of a vLLM server on a free loopback port; stopped after the module."""
-    model = str(vllm_tiny_dir(tmp_path_factory.mktemp("served")))
+def serve(model: str, tmp_path_factory, kv_bytes: int = KV_BYTES, max_len: int = 512):
+    """Yield the base URL of `vllm`'s OpenAI server for `model` on a free loopback port; stop it after."""
     port = _free_port()
     log = open(tmp_path_factory.mktemp("log") / "vllm.log", "w+")
     env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0")
     proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
                              "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
-                             "--kv-cache-memory-bytes", str(KV_BYTES), "--max-model-len", "512"],
+                             "--kv-cache-memory-bytes", str(kv_bytes), "--max-model-len", str(max_len)],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/v1"
     try:
@@ -48,11 +46,19 @@ def served(tmp_path_factory):
                 break
             except OSError:
                 time.sleep(1)
-        yield url, model
+        yield url
     finally:
         proc.terminate()
         proc.wait(timeout=60)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(base_url, model folder) of a served vLLM test model (head size 32)."""
+    model = str(vllm_tiny_dir(tmp_path_factory.mktemp("served")))
+    for url in serve(model, tmp_path_factory):
+        yield url, model
 
 
 def test_annotate_self_against_a_served_model_uses_the_json_schema(tmp_path, served, capsys):
