@@ -29,7 +29,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 # Qwen3-1.7B (config.json of Qwen/Qwen3-1.7B): 28 layers, hidden 2048, FFN 6144, 16 heads of 128, 8 KV heads.
 QWEN3_1P7B = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
@@ -72,7 +71,12 @@ def part_train(quick: bool) -> dict:
 
     import torch
 
-    from train import make_world, run_child  # bench/train.py
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "bench" / "train.py")
+    bench_train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_train)
+    make_world, run_child = bench_train.make_world, bench_train.run_child
 
     shape = TINY if quick else QWEN3_1P7B
     size = dict(batch=8, resp_len=128 if quick else 512, prompt_len=32 if quick else 64)
@@ -141,8 +145,6 @@ def part_fsdp(quick: bool, device: str) -> dict:
     import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
 
-    from train.scoring import chunked_token_logprobs
-
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000), RANK="0", WORLD_SIZE="1")
     dist.init_process_group("nccl" if device == "cuda" else "gloo")
     shape = TINY if quick else QWEN3_1P7B
@@ -152,9 +154,9 @@ def part_fsdp(quick: bool, device: str) -> dict:
 
     def step(model) -> float:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
-        hidden = model.model(input_ids=ids).last_hidden_state[:, :-1].reshape(-1, shape["hidden_size"])
-        lp, _ = chunked_token_logprobs(hidden, ids[:, 1:].reshape(-1), model.lm_head)
-        loss = -lp.float().mean()
+        # through the root module, so FSDP2's root hooks gather the embedding/head (tied) weights
+        logits = model(input_ids=ids).logits[:, :-1].float()
+        loss = -torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).mean()
         loss.backward()
         opt.step()
         return float(loss)
