@@ -88,11 +88,13 @@ def rollouts_on_ray(prompts: Sequence[PromptRecord], *, checkpoint: str, model_n
               "messages": [list(m) for m in p.messages] if p.messages else None} for p in prompts]
     ds = ray.data.from_items(items)
     if backend == "vllm":
-        from train.vllm_generator import engine_settings
+        from train.vllm_generator import engine_settings, on_cpu
 
         engine = {"enable_prefix_caching": True, "logprobs_mode": "raw_logprobs", **engine_settings(engine_kwargs)}
+        # ray.data.llm asks one {GPU: 1, CPU: 1} bundle per engine by default: on CPU ask for a CPU only
+        placement = {"bundles": [{"CPU": 1}]} if on_cpu() else None
         return _vllm(ray, ds, prompts, checkpoint, model_name, n, sampling, seed, verifier, actors, batch_size,
-                     engine, log_engine_metrics)
+                     engine, log_engine_metrics, placement)
     if backend != "hf":
         raise ValueError(f"backend must be hf or vllm, not {backend!r}")
     out = ds.map_batches(_HFBatch, fn_constructor_args=(checkpoint, model_name, n, sampling, seed, verifier),
@@ -109,7 +111,7 @@ def rollouts_on_ray(prompts: Sequence[PromptRecord], *, checkpoint: str, model_n
 
 
 def _vllm(ray, ds, prompts, checkpoint, model_name, n, sampling, seed, verifier, actors, batch_size, engine,
-          log_engine_metrics):
+          log_engine_metrics, placement):
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     from train.rollout import _row_seed
@@ -132,6 +134,7 @@ def _vllm(ray, ds, prompts, checkpoint, model_name, n, sampling, seed, verifier,
 
     config = vLLMEngineProcessorConfig(model_source=checkpoint, batch_size=batch_size, concurrency=actors,
                                        engine_kwargs=engine, log_engine_metrics=log_engine_metrics,
+                                       placement_group_config=placement,
                                        chat_template_stage=False,
                                        tokenize_stage=False, detokenize_stage=False)  # vLLM already decodes
     processor = build_processor(config, preprocess=pre, postprocess=post)
