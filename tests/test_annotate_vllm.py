@@ -57,7 +57,7 @@ def serve(model: str, tmp_path_factory, kv_bytes: int = KV_BYTES, max_len: int =
 def served(tmp_path_factory):
     """(base_url, model folder) of a served vLLM test model (head size 32)."""
     model = str(vllm_tiny_dir(tmp_path_factory.mktemp("served")))
-    for url in serve(model, tmp_path_factory):
+    for url in serve(model, tmp_path_factory, max_len=8192):
         yield url, model
 
 

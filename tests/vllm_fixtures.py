@@ -21,7 +21,9 @@ def vllm_tiny_dir(path: Path) -> Path:
 
     tok = build_tokenizer()
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(model_config(tok, 2, 64, heads=2, kv_heads=1)).eval()
+    cfg = model_config(tok, 2, 64, heads=2, kv_heads=1)
+    cfg.max_position_embeddings = 8192  # annotation prompts run to thousands of byte-level tokens
+    model = Qwen2ForCausalLM(cfg).eval()
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.bos_token_id = None
