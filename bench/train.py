@@ -83,7 +83,8 @@ def child(d: Path, method: str, steps: int, groups: int) -> dict:
         f"model.path={d / 'model'}", f"data.shards={d / 'shards'}", f"data.groups_per_step={groups}",
         f"data.micro_batch_size={groups * 4}", f"method.name={method}", "method.error_channel=true",
         "method.kl_hold=100", "method.kl_end=200", f"optim.steps={steps}", f"run.out={d / ('run-' + method)}",
-        "run.tensorboard=false", "run.plot=false", "run.checkpoint_every=1000"])
+        "run.tensorboard=false", "run.plot=false", "run.checkpoint_every=1000",
+        *os.environ.get("BENCH_OVERRIDES", "").split()])  # e.g. model.dtype=bfloat16 (bench/gpu_check.py)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     secs: list[float] = []

@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import nbformat
-from nbclient import NotebookClient
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_quickstart_notebook_executes():
+    # imported here, not at module level: a venv without the notebook extras (e.g. .venv-vllm running
+    # `-m vllm`) must still collect this module
+    import nbformat
+    from nbclient import NotebookClient
+
     nb = nbformat.read(ROOT / "notebooks" / "quickstart.ipynb", as_version=4)
     env_path = os.environ.get("PYTHONPATH", "")
     os.environ["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env_path}" if env_path else str(ROOT)  # the kernel imports this tree

