@@ -25,8 +25,8 @@ def test_rollouts_on_ray_vllm_backend_writes_schema_rows(tmp_path):
     ray = pytest.importorskip("ray")
     from datastore.schema import ROLLOUT_SCHEMA
     from train.ray_generate import rollouts_on_ray
-    from train.rollout import Sampling, toy_prompt_records
-    from train.toy import make_problems, toy_policy
+    from train.rollout import Sampling
+    from train.toy import make_problems, toy_policy, toy_prompt_records
 
     ckpt = str(toy_policy())
     from transformers import AutoTokenizer
