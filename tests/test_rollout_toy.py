@@ -151,7 +151,7 @@ def test_toy_policy_builds_once_and_caches(tmp_path, monkeypatch):
 
     from train.toy import ToyPolicyRecipe, toy_policy
 
-    recipe = ToyPolicyRecipe(cycles=(2, 1), layers=1, hidden=32, batch_size=8, long_batch_size=2)
+    recipe = ToyPolicyRecipe(cycles=(2, 1), layers=1, hidden=32, batch_size=8, long_batch_size=2, init=None)
     monkeypatch.setenv("SPANROUTE_CACHE", str(tmp_path))
     path = toy_policy(recipe=recipe, progress=False, measure_problems=3)
     assert path.parent == tmp_path and path.name == f"toy-policy-{recipe.key()}"

@@ -35,11 +35,11 @@ class ToyPolicyRecipe:
 
     layers: int = 4
     hidden: int = 128
-    lr: float = 3e-3
+    lr: float = 1e-3
     batch_size: int = 32
     long_batch_size: int = 16
-    cycles: tuple[int, ...] = (1800, 1200)  # optimizer steps per warm-restart cycle
-    warmup: int = 60
+    cycles: tuple[int, ...] = (1000,)  # optimizer steps per warm-restart cycle
+    warmup: int = 30
     weights: tuple[tuple[str, float], ...] = (("plain", 6.0), ("reference", 1.5), ("reference+error", 0.4),
                                               ("error_type", 1.2), ("skill", 0.8), ("key_spans", 0.6),
                                               ("error_spans", 0.9))
@@ -47,6 +47,7 @@ class ToyPolicyRecipe:
     hint_noise: float = 0.02
     partial: float = 0.1
     vocab_size: int = 1024
+    init: str | None = "toy-policy-d82c26b3da66"  # warm start from this shipped policy (see `warm_start`)
     seed: int = 0
     threads: int = 2  # fixed, so the weights do not depend on the machine's core count
     version: int = 2  # bump when the build code changes meaning
@@ -189,6 +190,8 @@ def _train(recipe: ToyPolicyRecipe, progress: bool, resume: tuple[Path, int] | N
     torch.manual_seed(recipe.seed)
     tokenizer = build_tokenizer(vocab_size=recipe.vocab_size)
     model = tiny_model(tokenizer, layers=recipe.layers, hidden=recipe.hidden, seed=recipe.seed).train()
+    if recipe.init:
+        warm_start(model, tokenizer, SHIPPED_WEIGHTS / recipe.init)
     first = 0
     if resume is not None:
         from safetensors.torch import load_file
@@ -203,6 +206,33 @@ def _train(recipe: ToyPolicyRecipe, progress: bool, resume: tuple[Path, int] | N
         _cycle(model, tokenizer, recipe, cycle, exclude, bar)
     bar.close()
     return model.eval(), tokenizer
+
+
+def warm_start(model, tokenizer, folder: Path) -> None:
+    """Start from another toy policy's weights (e.g. the v1 policy, which already copies operands
+    and computes): every non-embedding tensor is copied; each token of `tokenizer` takes the old
+    embedding of the same token string, or the mean of the old embeddings of the pieces the old
+    tokenizer cuts it into. Deterministic. Raises FileNotFoundError if `folder` is missing."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (Path(folder) / "config.json").exists():
+        raise FileNotFoundError(f"toy policy warm start: {folder} not found (it ships in train/weights/)")
+    old = AutoModelForCausalLM.from_pretrained(folder)
+    old_tok = AutoTokenizer.from_pretrained(folder)
+    body = {k: v for k, v in old.state_dict().items() if "embed_tokens" not in k and "lm_head" not in k}
+    model.load_state_dict(body, strict=False)
+    old_emb, emb = old.get_input_embeddings().weight.data, model.get_input_embeddings().weight.data
+    old_vocab = old_tok.get_vocab()
+    with torch.no_grad():
+        for piece, i in tokenizer.get_vocab().items():
+            if piece in old_vocab:
+                emb[i] = old_emb[old_vocab[piece]]
+                continue
+            ids = old_tok(tokenizer.convert_tokens_to_string([piece]), add_special_tokens=False)["input_ids"]
+            if ids:
+                emb[i] = old_emb[ids].mean(0)
+    model.tie_weights()
 
 
 def _cycle(model, tokenizer, recipe: ToyPolicyRecipe, cycle: int, exclude: set[str], bar) -> None:
