@@ -38,7 +38,7 @@ class ToyPolicyRecipe:
     lr: float = 1e-3
     batch_size: int = 32
     long_batch_size: int = 16
-    cycles: tuple[int, ...] = (1000,)  # optimizer steps per warm-restart cycle
+    cycles: tuple[int, ...] = (1000, 600)  # optimizer steps per warm-restart cycle
     warmup: int = 30
     weights: tuple[tuple[str, float], ...] = (("plain", 6.0), ("reference", 1.5), ("reference+error", 0.4),
                                               ("error_type", 1.2), ("skill", 0.8), ("key_spans", 0.6),
