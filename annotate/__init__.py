@@ -16,8 +16,8 @@ _WHERE = {
     "PRICES": "annotate.pricing", "Price": "annotate.pricing", "price_for": "annotate.pricing",
     "ERROR_TYPES": "annotate.templates", "load_prompt": "annotate.templates",
     "Annotator": "annotate.protocol", "Provenance": "annotate.protocol", "RowResult": "annotate.protocol",
-    "rule_annotate": "annotate.rule", "RuleAnnotator": "annotate.rule_annotator",
-    "ApiSkills": "annotate.skills", "RuleSkills": "annotate.skills", "SkillBank": "annotate.skills",
+    "rule_annotate": "train.toy.rule", "RuleAnnotator": "train.toy.rule",
+    "ApiSkills": "annotate.skills", "RuleSkills": "train.toy.skills", "SkillBank": "annotate.skills",
 }
 __all__ = sorted(_WHERE)
 

@@ -215,7 +215,7 @@ def rule_(store: Path = STORE, version: str = VERSION, limit: int = LIMIT, execu
     Each line `a op b = c` is recomputed: an incorrect rollout gets an error span on its first wrong line (error_type arithmetic | wrong_operation | logic | incomplete | other); a correct one gets key spans on the step producing the answer and on the `Answer: N` line.
     """
     from annotate.job import annotate_store
-    from annotate.rule_annotator import RuleAnnotator
+    from train.toy.rule import RuleAnnotator  # the toy world, looked up lazily
 
     ex = _executor(executor, ray_address, ray_actors, http=False, label="annotate rule")
     v, results = annotate_store(_open_store(store), RuleAnnotator(), _v(version), limit=limit,
@@ -240,9 +240,11 @@ def extract_(store: Path = STORE, version: str = VERSION,
     Rule engine (toy world): success rate, counts of error types from the exact checker, and a golden workflow derived from the reference steps. api/self: the skill_summary prompt through the same cached, retrying engine as `annotate api`.
     """
     from annotate.job import read_records, skills_store
-    from annotate.skills import ApiSkills, RuleSkills, SkillBank
+    from annotate.skills import ApiSkills, SkillBank
 
     if engine == "rule":
+        from train.toy.skills import RuleSkills  # the toy world, looked up lazily
+
         ext = RuleSkills(per)
         summary = None
     elif engine in ("api", "self"):

@@ -3,9 +3,10 @@
 Same requests, cache and evidence as the HTTP path: each rendered request is hashed the same way
 (its ``model`` is the checkpoint), looked up in the same SQLite cache, and only misses are
 generated, greedily, in batches. The chat messages are rendered with the checkpoint's chat
-template. The transformers backend has no schema-constrained decoding here, so a small policy
-that does not write JSON yields rows with ``parse_status=failed`` and its raw answer kept; for
-constrained JSON serve the checkpoint with vLLM (`json_schema` response formats) and use --base-url.
+template. No schema-constrained decoding on this backend: a policy answers the schema only if it
+was trained to (the toy policy is SFT'd on these very prompts, `train.toy.sft`); other answers are
+kept raw in rows with ``parse_status=failed``. For constrained JSON from any checkpoint, serve it
+with vLLM (`json_schema` response formats) and use --base-url.
 """
 
 from __future__ import annotations

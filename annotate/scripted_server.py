@@ -120,7 +120,7 @@ class ToyOracle:
     p_bad_quote: float = 0.0
 
     def __call__(self, body: dict) -> str:
-        from annotate.rule import annotate_lines  # the same checker the rule annotator uses
+        from train.toy.rule import annotate_lines  # the same checker the rule annotator uses
 
         schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("name", "")
         user = body["messages"][-1]["content"]

@@ -3,7 +3,8 @@ and a per-prompt skill bank with UCB selection of the skill the teacher sees.
 
 Extraction runs per prompt group (all G rollouts of one prompt), through the same engine as span
 annotation (`api`/`self`) or rule-based for the toy world, and writes the group's skill JSON into
-the `skill` column of every row of the group.
+the `skill` column of every row of the group. The toy world's rule-based skills live in
+`train.toy.skills`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from annotate.engine import request_key, run_calls
 from annotate.journal import canonical
 from annotate.templates import load
 from annotate.protocol import Provenance, RowResult
-from annotate.rule import STEP, rule_annotate
 
 SKILL_KEYS = ("success_analysis", "mistake_analysis", "golden_workflow")
 
@@ -44,52 +44,6 @@ def groups_of(records: list[dict], per: str = "group") -> dict[str, list[dict]]:
 def skill_json(success: str, mistakes: str, workflow: str) -> str:
     return json.dumps({"success_analysis": success, "mistake_analysis": mistakes, "golden_workflow": workflow},
                       ensure_ascii=False)
-
-
-# --- rule-based (toy world) -------------------------------------------------------------------
-_OPS = {"+": "add", "-": "subtract", "*": "multiply", "×": "multiply", "x": "multiply", "/": "divide", "÷": "divide"}
-
-
-def toy_workflow(reference: str | None) -> str:
-    """Numbered steps from the reference solution, naming operations, never the final answer."""
-    steps = list(STEP.finditer(reference or ""))
-    if not steps:
-        return "1. Write each intermediate computation on its own line. 2. Recompute each line. 3. End with 'Answer: N'."
-    lines, prev = [], None
-    for k, m in enumerate(steps, 1):
-        a, op, b = m.group(1), m.group(2), m.group(3)
-        left = "the previous result" if prev is not None and a == prev else a
-        right = "the previous result" if prev is not None and b == prev and left != "the previous result" else b
-        lines.append(f"{k}. {_OPS.get(op, op)} {left} and {right}")
-        prev = m.group(4)
-    lines.append(f"{len(steps) + 1}. recompute every line, then state the last result as 'Answer: N'")
-    return " ".join(lines)
-
-
-def rule_skill(group: list[dict]) -> str:
-    """The toy world's skill for one prompt group, from the rule checker's verdicts."""
-    n, ok = len(group), sum(1 for r in group if r.get("correct"))
-    kinds = Counter()
-    for r in group:
-        if r.get("correct") is False:
-            _, et = rule_annotate(r["response"], r.get("reference"), False)
-            kinds[et or "other"] += 1
-    success = (f"{ok} of {n} attempts were correct: they did the operations in the problem's order, one "
-               "per line, and repeated the last result on the Answer line." if ok else
-               f"none of {n} attempts was correct.")
-    mistakes = ("; ".join(f"{c} attempt(s): {k.replace('_', ' ')} error" for k, c in kinds.most_common())
-                if kinds else "no mistakes in this group.")
-    return skill_json(success, mistakes, toy_workflow(group[0].get("reference")))
-
-
-class RuleSkills:
-    def __init__(self, per: str = "group"):
-        self.per = per
-        self.provenance = Provenance(source="rule", annotator="rule-skill-toy-v1", extra={"unit": per})
-
-    def annotate(self, records: list[dict]) -> list[RowResult]:
-        skill = {g: rule_skill(rows) for g, rows in groups_of(records, self.per).items()}
-        return [RowResult(r["rollout_id"], [], None, "ok", skill=skill[unit_of(r, self.per)]) for r in records]
 
 
 # --- through the engine (api / self) ----------------------------------------------------------

@@ -77,15 +77,16 @@ def main() -> None:
 
     import torch
 
-    from train.rollout import Sampling, toy_prompt_records, PromptRecord
-    from train.toy import ToyPolicyRecipe, _cache_root, build_tokenizer, make_problems, tiny_model
+    from train.rollout import PromptRecord, Sampling
+    from train.cache import cache_root
+    from train.toy import ToyPolicyRecipe, build_tokenizer, make_problems, tiny_model, toy_prompt_records
 
     if args.threads:
         torch.set_num_threads(args.threads)
     results = []
 
     # toy: the cached SFT'd policy if present, else its architecture at random init
-    policy_dir = _cache_root() / f"toy-policy-{ToyPolicyRecipe().key()}"
+    policy_dir = cache_root() / f"toy-policy-{ToyPolicyRecipe().key()}"
     if (policy_dir / "toy_policy.json").exists():
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

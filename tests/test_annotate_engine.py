@@ -22,7 +22,7 @@ import pytest
 from annotate.api import ApiAnnotator
 from annotate.engine import EngineConfig, parse_duration_s, run_calls
 from annotate.pricing import Price
-from annotate.rule_annotator import RuleAnnotator
+from train.toy.rule import RuleAnnotator
 from annotate.scripted_server import FaultPlan, ScriptedServer, ToyOracle
 
 sys.path.insert(0, str(Path(__file__).parent))

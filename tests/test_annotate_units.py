@@ -11,9 +11,9 @@ import pytest
 
 from annotate.parse import map_answer, parse_json
 from annotate.templates import ERROR_TYPES, load
-from annotate.rule import rule_annotate
-from annotate.rule_annotator import RuleAnnotator
-from annotate.skills import RuleSkills, SkillBank, toy_workflow
+from annotate.skills import SkillBank
+from train.toy.rule import RuleAnnotator, rule_annotate
+from train.toy.skills import RuleSkills, toy_workflow
 from annotate.spans_adapter import render_numbered, segments
 
 sys.path.insert(0, str(Path(__file__).parent))

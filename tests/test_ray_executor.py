@@ -141,8 +141,8 @@ def test_killing_one_actor_mid_job_loses_nothing(tmp_path, ray_cluster):
 def test_rollouts_on_ray_hf_path_equals_local_generate_rollouts(tmp_path, ray_cluster):
     """The CPU stand-in for the GPU `ray.data.llm` path: actors run `generate_rollouts` per batch."""
     from train.ray_generate import rollouts_on_ray
-    from train.rollout import HFGenerator, Sampling, generate_rollouts, toy_prompt_records
-    from train.toy import build_tokenizer, make_problems, tiny_model
+    from train.rollout import HFGenerator, Sampling, generate_rollouts
+    from train.toy import build_tokenizer, make_problems, tiny_model, toy_prompt_records
 
     tok = build_tokenizer()
     ckpt = tmp_path / "tiny"
@@ -186,7 +186,7 @@ def test_rollouts_generate_cli_with_ray_executor_writes_the_local_store(tmp_path
 def test_local_executor_is_the_plain_job_and_cli_refuses_an_address_without_ray(tmp_path, capsys):
     """No Ray needed: `LocalExecutor` gives what `annotate_store` without an executor gives."""
     from annotate.executor import LocalExecutor, make_executor
-    from annotate.rule_annotator import RuleAnnotator
+    from train.toy.rule import RuleAnnotator
 
     make_store(tmp_path / "a", 24, seed=8)
     shutil.copytree(tmp_path / "a", tmp_path / "b")

@@ -28,8 +28,8 @@ def test_rollouts_on_ray_vllm_backend_writes_schema_rows(tmp_path):
 
     from datastore.schema import ROLLOUT_SCHEMA
     from train.ray_generate import rollouts_on_ray
-    from train.rollout import Sampling, toy_prompt_records
-    from train.toy import make_problems
+    from train.rollout import Sampling
+    from train.toy import make_problems, toy_prompt_records
 
     ckpt = str(vllm_tiny_dir(tmp_path / "m"))
     prompts = toy_prompt_records(make_problems(3, seed=0), AutoTokenizer.from_pretrained(ckpt))

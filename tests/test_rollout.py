@@ -23,9 +23,8 @@ from train.rollout import (
     generate_rollouts,
     logprob_max_abs_diff,
     teacher_forced_logprobs,
-    toy_prompt_records,
 )
-from train.toy import build_tokenizer, make_problems, tiny_model
+from train.toy import build_tokenizer, make_problems, tiny_model, toy_prompt_records
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -58,7 +58,7 @@ def test_tokenizer_roundtrip_chat_template_and_save(tmp_path):
     from transformers import AutoTokenizer
 
     tok = build_tokenizer(tmp_path / "tok")
-    assert 256 < len(tok) <= 512
+    assert 512 < len(tok) <= 1024  # bytes, specials, and merges down to whole template words
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
     assert tok.pad_token_id != tok.eos_token_id and tok.padding_side == "left"
     prompt = render_prompt("Compute (17 + 25) * 3.", tok)
@@ -82,6 +82,12 @@ def test_model_folder_reloads_the_same_tokenizer(tmp_path):
     again = AutoTokenizer.from_pretrained(tmp_path)
     text = render_prompt("Compute ((19 * 9) + 57) - 98.", tok) + "19 * 9 = 171\nAnswer: 130<|im_end|>\n x'll  é"
     assert again(text)["input_ids"] == tok(text)["input_ids"]
+    from train.toy.problems import make_problems
+    from train.toy.sft import annotator_prompt
+
+    ann = annotator_prompt(tok, make_problems(1, 0)[0], "1 + 2 = 3\nAnswer: 3", False)
+    assert again(ann)["input_ids"] == tok(ann)["input_ids"]
+    assert len(tok(ann)["input_ids"]) < 320  # template words are single tokens
     assert again.eos_token_id == tok.eos_token_id and again.pad_token_id == tok.pad_token_id
 
 
@@ -145,14 +151,17 @@ def test_toy_policy_builds_once_and_caches(tmp_path, monkeypatch):
 
     from train.toy import ToyPolicyRecipe, toy_policy
 
-    recipe = ToyPolicyRecipe(steps=3, layers=1, hidden=32, batch_size=8)
+    recipe = ToyPolicyRecipe(cycles=(2, 1), layers=1, hidden=32, batch_size=8, long_batch_size=2, init=None)
     monkeypatch.setenv("SPANROUTE_CACHE", str(tmp_path))
-    path = toy_policy(recipe=recipe, progress=False)
+    path = toy_policy(recipe=recipe, progress=False, measure_problems=3)
     assert path.parent == tmp_path and path.name == f"toy-policy-{recipe.key()}"
     info = json.loads((path / "toy_policy.json").read_text())
-    assert info["recipe"]["steps"] == 3 and 0.0 <= info["sampled_accuracy"] <= 1.0
+    m = info["measured"]
+    assert info["recipe"]["cycles"] == [2, 1] and info["recipe_key"] == recipe.key()
+    assert 0.0 <= m["plain_sampled"] <= 1.0 and 0.0 <= m["reference_greedy"] <= 1.0
+    assert m["self_annotation"]["rows"] == 3
     stamp = (path / "toy_policy.json").stat().st_mtime_ns
-    assert toy_policy(recipe=recipe, progress=False) == path
+    assert toy_policy(recipe=recipe, progress=False, measure_problems=3) == path
     assert (path / "toy_policy.json").stat().st_mtime_ns == stamp  # cached: nothing rebuilt
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".toy-policy-build-")]
     model = AutoModelForCausalLM.from_pretrained(path)

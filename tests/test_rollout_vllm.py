@@ -18,8 +18,8 @@ def test_vllm_rollouts_match_teacher_forcing_and_group_sizes(tiny_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from datastore.schema import ROLLOUT_SCHEMA
-    from train.rollout import Sampling, generate_rollouts, logprob_max_abs_diff, toy_prompt_records
-    from train.toy import make_problems
+    from train.rollout import Sampling, generate_rollouts, logprob_max_abs_diff
+    from train.toy import make_problems, toy_prompt_records
     from train.vllm_generator import VLLMGenerator
 
     gen = VLLMGenerator(str(tiny_dir), model_name="tiny", kv_cache_memory_bytes=KV_BYTES, max_model_len=256)

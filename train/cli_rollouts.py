@@ -79,8 +79,7 @@ def setup_prompts(prompts: Optional[str], toy: Optional[int], toy_seed: int, tok
                   split: Optional[str], system: Optional[str], limit: Optional[int]):
     """Prompt records and a description of their source (for lineage)."""
     from train.prompts import parse_map, read_rows, to_records
-    from train.rollout import toy_prompt_records
-    from train.toy import make_problems
+    from train.toy import make_problems, toy_prompt_records
 
     if (prompts is None) == (toy is None):
         raise ValueError("give exactly one of --prompts SRC or --toy N")

@@ -67,7 +67,8 @@ def evaluate(policy: str | Path, problems: list, n: int, max_new_tokens: int, se
     response length (tokens) and entropy (nats/token, sampled-token estimate)."""
     import torch
 
-    from train.rollout import HFGenerator, Sampling, generate_rollouts, toy_prompt_records
+    from train.rollout import HFGenerator, Sampling, generate_rollouts
+    from train.toy import toy_prompt_records
 
     torch.manual_seed(seed)
     gen = HFGenerator.from_pretrained(str(policy), model_name="eval", device="cpu", batch_size=128)

@@ -36,7 +36,7 @@ class OnlineConfig:
 
 def rule_annotations(table: pa.Table) -> pa.Table:
     """rollout_id + spans + error_type from the toy rule annotator (replacing only its own spans)."""
-    from annotate.rule import ANNOTATOR, rule_annotate
+    from train.toy.rule import ANNOTATOR, rule_annotate
 
     try:
         from spans import merge_spans
@@ -60,7 +60,7 @@ def rule_annotations(table: pa.Table) -> pa.Table:
 
 def rule_skills(table: pa.Table) -> pa.Table:
     """rollout_id + skill (JSON): each prompt group's rule skill summary on all its rows."""
-    from annotate.skills import rule_skill  # the toy world's skill extractor (annotate package)
+    from train.toy.skills import rule_skill
 
     rows = table.select(["rollout_id", "group_id", "response", "reference", "correct"]).to_pylist()
     groups: dict[str, list[dict]] = {}
@@ -88,7 +88,8 @@ def online_rounds(cfg: TrainConfig, oc: OnlineConfig, problems: Sequence[Any], *
     """
     from datastore import Lineage, Store
     from train.recipe import train
-    from train.rollout import HFGenerator, Sampling, generate_rollouts, toy_prompt_records
+    from train.rollout import HFGenerator, Sampling, generate_rollouts
+    from train.toy import toy_prompt_records
     from train.shards import build_shards_from_table
 
     out = Path(cfg.run.out)

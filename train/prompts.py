@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from train.rollout import PromptRecord, stable_hash
-from train.toy import prompt_id_of
+from train.rollout import prompt_id_of
 
 FIELDS = ("question", "messages", "prompt", "reference", "prompt_id")
 TEXT_FIELDS = ("question", "messages", "prompt")

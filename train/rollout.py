@@ -109,6 +109,12 @@ def rollout_id_of(group_id: str, prompt_id: str, response: str, model: str, inde
     return stable_hash("rollout", group_id, prompt_id, response, model, index)
 
 
+def prompt_id_of(question: str) -> str:
+    """Stable id of a prompt text (16 hex chars of sha256): the same question → the same id,
+    on any machine and in any process (unlike Python's salted `hash`)."""
+    return hashlib.sha256(question.encode("utf-8")).hexdigest()[:16]
+
+
 def prompt_seed(seed: int, prompt_id: str) -> int:
     """The per-prompt seed handed to generators (63-bit, from the run seed and the prompt id)."""
     return int(stable_hash("seed", seed, prompt_id), 16) & ((1 << 63) - 1)
@@ -359,21 +365,6 @@ def logprob_max_abs_diff(model, tokenizer, table: pa.Table) -> float:
         ref = teacher_forced_logprobs(model, tokenizer, prompt, ids)
         worst = max(worst, max(abs(a - b) for a, b in zip(ref, lps)))
     return worst
-
-
-def toy_prompt_records(problems, tokenizer) -> list[PromptRecord]:
-    """Toy problems as prompt records: the chat-rendered question, the full reference solution."""
-    from train.toy import render_prompt, toy_messages
-
-    return [
-        PromptRecord(
-            prompt_id=p.prompt_id,
-            prompt=render_prompt(p.question, tokenizer),
-            reference=p.reference,
-            messages=tuple((m["role"], m["content"]) for m in toy_messages(p.question)),
-        )
-        for p in problems
-    ]
 
 
 VerifierFn = Callable[[str, str], "tuple[float, bool]"]

@@ -42,10 +42,10 @@ def smollm2(cache_dir: str | Path | None = None, progress: bool = True) -> Path:
     import tempfile
     import time
 
-    from train.toy import _cache_root
+    from train.cache import cache_root
 
     src = gguf_path()
-    root = Path(cache_dir) if cache_dir is not None else _cache_root()
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
     final = root / f"smollm2-135m-instruct-{src.stat().st_size}"
     if (final / "config.json").exists():
         return final

@@ -133,3 +133,27 @@ def rule_annotate(response: str, reference: str | None, correct: bool) -> tuple[
         start, end = ranges[i][0] + a, ranges[i][0] + b
         spans.append(Span(start, end, label, "rule", ANNOTATOR, response[start:end]))
     return spans, error_type
+
+
+class RuleAnnotator:
+    """`annotate rule`: `rule_annotate` behind the `Annotator` protocol. Free and exact on toy
+    arithmetic rollouts; rows with no verifier result are skipped."""
+
+    def __init__(self) -> None:
+        from annotate.protocol import Provenance
+
+        self.provenance = Provenance(source="rule", annotator=ANNOTATOR, model=None, prompt_hash=None,
+                                     extra={"rule": "first wrong step / steps carrying the answer"})
+
+    def annotate(self, records: list[dict]) -> list:
+        from annotate.protocol import RowResult
+
+        out = []
+        for r in records:
+            if r.get("correct") is None:
+                out.append(RowResult(r["rollout_id"], [], None, "skipped", "no verifier result (`correct` is null)"))
+                continue
+            spans, etype = rule_annotate(r["response"], r.get("reference"), bool(r["correct"]))
+            out.append(RowResult(r["rollout_id"], spans, etype, "ok" if spans else "failed",
+                                 None if spans else "no step or answer line found"))
+        return out

@@ -1,0 +1,166 @@
+"""The toy policy's multi-task SFT mix: every prompt exactly as the project renders it.
+
+One example = (prompt text, completion text); the loss is on the completion (+ EOS) only.
+
+- ``plain``: the student prompt (`render_prompt`) → the reference, or with probability ``noise`` a
+  solution with one slipped step (`noisy_reference`), so the policy is right only part of the time;
+- ``reference`` / ``reference+error`` / ``error_type`` / ``skill``: the trainer's teacher prompts,
+  rendered by `train.teacher.teacher_prompt_text` from a rollout-like row (`messages`, `reference`,
+  `error_type`, `skill`) → the reference (a slip only with probability ``hint_noise``). Hints are
+  noisy or partial the way real ones are: a reference cut after a few steps, an error type drawn
+  from the failures' mix rather than this problem's, skills summarised from synthetic groups;
+- ``key_spans`` / ``error_spans``: the annotator's prompts, rendered exactly as `annotate self`
+  renders them (`ApiAnnotator.body_for` fields, the checkpoint's chat template), for a synthetic
+  rollout (`toy_response`) → the rule annotator's verdict serialised as the strict answer schema
+  (`rule_answer`), with short reasons.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+
+from train.toy.problems import Problem, _apply, make_problems, noisy_reference, parse_steps, render_prompt, render_solution, toy_messages
+
+TASKS = ("plain", "reference", "reference+error", "error_type", "skill", "key_spans", "error_spans")
+# The mix of error types the hints name (the toy policy's own failures are mostly slips).
+HINT_ERROR_TYPES = (("arithmetic", 6), ("wrong_operation", 2), ("incomplete", 1), ("logic", 1), ("other", 1))
+# One-word reasons: the spans are what counts, and every generated token costs.
+REASONS = {"key": "answer", "arithmetic": "miscomputed", "wrong_operation": "misstep", "logic": "mismatch",
+           "incomplete": "unfinished", "other": "wrong"}
+
+
+def _weighted(rng: random.Random, pairs) -> str:
+    names, weights = zip(*pairs)
+    return rng.choices(names, weights=weights)[0]
+
+
+def toy_response(p: Problem, rng: random.Random) -> str:
+    """A rollout-like response to `p`: the reference (40%) or one of the ways toy rollouts go wrong
+    (an arithmetic slip carried forward, a wrong operand or operation carried forward, an Answer
+    line that does not repeat the last result, a missing last step or Answer line, an extra step)."""
+    steps = parse_steps(p.reference)
+    kind = _weighted(rng, (("right", 8), ("slip", 7), ("operand", 2), ("answer", 1), ("short", 1), ("extra", 1)))
+    if kind == "right":
+        return p.reference
+    if kind == "slip":
+        return noisy_reference(p, rng)
+    if kind == "operand":
+        k, out, carry = rng.randrange(len(steps)), [], None
+        for i, (a, op, b, _) in enumerate(steps):
+            a = a if carry is None else carry
+            if i == k:
+                op, b = (rng.choice("+-*"), b) if rng.random() < 0.4 else (op, max(1, b + rng.choice((-3, -2, -1, 1, 2, 3))))
+            out.append((a, op, b, _apply(op, a, b)))
+            carry = out[-1][3]
+        return render_solution(out)
+    if kind == "answer":
+        return render_solution(steps).rsplit("\n", 1)[0] + f"\nAnswer: {steps[-1][3] + rng.choice((-10, -1, 1, 2, 10))}"
+    if kind == "short":
+        return "\n".join(render_solution(steps).split("\n")[: -1 - rng.randrange(2)])
+    a = steps[-1][3]
+    b = rng.randint(2, 9)
+    return render_solution(steps + [(a, "+", b, a + b)])
+
+
+def rule_answer(response: str, reference: str, correct: bool) -> dict | None:
+    """What the rule annotator says about a rollout, as the annotator schema's answer
+    (`{"steps": [{"segment", "quote", "reason"}], "error_type"?}`); None when it marks nothing."""
+    from annotate.spans_adapter import segments
+    from train.toy.rule import rule_annotate
+
+    spans, error_type = rule_annotate(response, reference, correct)
+    if not spans:
+        return None
+    segs = segments(response)
+    steps = []
+    for s in spans:
+        seg = next(g for g in segs if g.start <= s.start and s.end <= g.end)
+        steps.append({"segment": seg.number, "quote": response[s.start:s.end],
+                      "reason": REASONS["key" if correct else error_type]})
+    return {"steps": steps} if correct else {"steps": steps, "error_type": error_type}
+
+
+def annotator_prompt(chat, p: Problem, response: str, correct: bool) -> str:
+    """The annotator's prompt for one rollout, as `annotate self` renders it in process."""
+    from annotate.api import RequestParams, build_body
+    from annotate.spans_adapter import render_numbered, segments
+    from annotate.templates import load
+
+    tpl = load("key_spans" if correct else "error_spans")
+    body = build_body(tpl, "toy", RequestParams(), prompt=render_prompt(p.question, chat), reference=p.reference,
+                      numbered=render_numbered(segments(response)))
+    return chat.apply_chat_template(body["messages"], tokenize=False, add_generation_prompt=True)
+
+
+def _skill(p: Problem, rng: random.Random) -> str:
+    from train.toy.skills import rule_skill
+    from train.verify import toy_int
+
+    group = []
+    for _ in range(rng.choice((4, 8))):
+        r = toy_response(p, rng)
+        group.append({"response": r, "reference": p.reference, "correct": toy_int(r, p.reference)[1]})
+    return rule_skill(group)
+
+
+def _partial(reference: str, rng: random.Random) -> str:
+    lines = reference.split("\n")
+    return "\n".join(lines[: rng.randint(1, len(lines) - 2)]) if len(lines) > 2 else reference
+
+
+def example(task: str, p: Problem, rng: random.Random, chat, noise: float, hint_noise: float,
+            partial: float) -> tuple[str, str] | None:
+    """(prompt text, completion text) of one `task` example for problem `p`; None if the rule
+    annotator marks nothing on the drawn rollout."""
+    from train.teacher import teacher_prompt_text
+    from train.verify import toy_int
+
+    if task == "plain":
+        return render_prompt(p.question, chat), noisy_reference(p, rng) if rng.random() < noise else p.reference
+    if task in ("key_spans", "error_spans"):
+        for _ in range(20):
+            resp = toy_response(p, rng)
+            correct = toy_int(resp, p.reference)[1]
+            if correct == (task == "key_spans"):
+                break
+        else:
+            return None
+        ans = rule_answer(resp, p.reference, correct)
+        return None if ans is None else (annotator_prompt(chat, p, resp, correct), json.dumps(ans))
+    row = {"messages": toy_messages(p.question), "reference": p.reference,
+           "error_type": _weighted(rng, HINT_ERROR_TYPES), "skill": None}
+    if task == "reference" and rng.random() < partial:
+        row["reference"] = _partial(p.reference, rng)
+    if task == "skill":
+        row["skill"] = _skill(p, rng)
+    target = noisy_reference(p, rng) if task in ("error_type", "skill") and rng.random() < hint_noise else p.reference
+    return teacher_prompt_text(chat, row, task), target
+
+
+def examples(chat, weights: dict[str, float], seed: int, noise: float, hint_noise: float, partial: float,
+             exclude: set[str] = frozenset()) -> Iterator[tuple[str, str, str]]:
+    """Endless (task, prompt, completion) triples, deterministic in `seed`; tasks drawn by
+    `weights`, problems from seed `seed + 1` skipping `exclude` prompt ids (held-out problems)."""
+    rng = random.Random(f"toy-sft-{seed}")
+    names, w = zip(*[(t, weights.get(t, 0.0)) for t in TASKS])
+    chunk = 0
+    while True:
+        for p in make_problems(4096, seed + 1 + 1000 * chunk):
+            if p.prompt_id in exclude:
+                continue
+            task = rng.choices(names, weights=w)[0]
+            ex = example(task, p, rng, chat, noise, hint_noise, partial)
+            if ex is not None:
+                yield task, ex[0], ex[1]
+        chunk += 1
+
+
+def corpus(chat, n: int = 3000) -> list[str]:
+    """What the tokenizer is trained on: prompts + completions of every task, deterministic."""
+    from train.toy.tokenizer import IM_END
+
+    weights = {t: 1.0 for t in TASKS}
+    it = examples(chat, weights, seed=10_000, noise=0.3, hint_noise=0.1, partial=0.2)
+    return [f"{prompt}{completion}{IM_END}\n" for _, prompt, completion in (next(it) for _ in range(n))]
