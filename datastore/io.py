@@ -200,7 +200,7 @@ def derive_missing(table: pa.Table, *, correct_above: float = 0.0) -> tuple[pa.T
 
     For rows where a column is absent or null (mapped columns are kept as they are):
 
-    - ``prompt_id`` = ``train.toy.prompt_id_of(prompt)``: 16 hex chars of sha256 of the prompt text;
+    - ``prompt_id`` = ``train.rollout.prompt_id_of(prompt)``: 16 hex chars of sha256 of the prompt text;
     - ``group_id`` = ``train.rollout.group_id_of(prompt_id, model or "", "")``: the rows of one
       prompt from one model form one group (map a ``group_id`` column to group otherwise);
     - ``rollout_id`` = ``train.rollout.rollout_id_of(group_id, prompt_id, response, model or "",
@@ -210,8 +210,7 @@ def derive_missing(table: pa.Table, *, correct_above: float = 0.0) -> tuple[pa.T
     Returns the table and one line per derived column saying what was derived for how many rows.
     A row lacking `prompt` or `response` is left as it is (the write refuses it, naming the row).
     """
-    from train.rollout import group_id_of, rollout_id_of  # the rollouts stage owns the id formulas
-    from train.toy import prompt_id_of
+    from train.rollout import group_id_of, prompt_id_of, rollout_id_of  # the rollouts stage owns the id formulas
 
     n = table.num_rows
     col = {c: table.column(c).to_pylist() if c in table.column_names else [None] * n
