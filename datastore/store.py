@@ -134,7 +134,7 @@ class Store:
         self._check_is_store()
         ds = self._open()
         if ds is None:
-            raise StoreError(f"store {self.path} is empty (no versions yet): write or import rows first")
+            raise StoreError(f"store {self.path} is empty (no versions yet): `spanroute rollouts generate` or `spanroute data import` writes the first one")
         return ds
 
     def latest_version(self) -> int | None:
@@ -252,7 +252,8 @@ class Store:
                     i = int(np.flatnonzero(clash.to_numpy(zero_copy_only=False))[0])
                     raise DataError(
                         f"{where.row(i)}: column 'rollout_id': {ids[i].as_py()!r} is already in the "
-                        f"store (version {ds.version}); use update() to change its annotations"
+                        f"store (version {ds.version}): a rollout is added once; its annotations change through "
+                        f"`spanroute annotate`, `skills extract` or `ls pull` (from Python: Store.update)"
                     )
             props = self._properties(
                 lineage,
@@ -333,7 +334,7 @@ class Store:
                     )
                 if c not in ds.schema.names:
                     raise DataError(
-                        f"update table: column '{c}' is not in the store; add it with add_columns()"
+                        f"update table: column '{c}' is not in the store; add it first with Store.add_columns"
                     )
             sub = pa.schema([ds.schema.field("rollout_id")] + [ds.schema.field(c) for c in cols])
             tbl = conform_table(table, sub, where, required=("rollout_id",))
@@ -385,7 +386,7 @@ class Store:
             present = [c for c in cols if c in ds.schema.names]
             if present:
                 raise DataError(
-                    f"add_columns table: column(s) {present} already exist; use update() to set them"
+                    f"add_columns table: column(s) {present} already exist; set them with Store.update instead"
                 )
             fields = [ds.schema.field("rollout_id")]
             for c in cols:
@@ -444,7 +445,8 @@ class Store:
                 raise StoreError(
                     f"update based on version {base} would overwrite a later change: column '{c}' "
                     f"of rollout_id={rid!r} changed between version {base} and {ds.version}; "
-                    f"re-read version {ds.version} and redo the update"
+                    f"nothing was written: rerun the command, which reads the latest version ({ds.version}) "
+                    f"(from Python: read version {ds.version} and call Store.update again)"
                 )
 
     @staticmethod
