@@ -560,11 +560,14 @@ class Store:
 
     def to_hf(self, version: int | str | None = None):
         """The version as an in-memory ``datasets.Dataset`` (with a fingerprint, so HF does not
-        spend seconds hashing the table)."""
+        spend seconds hashing the table): `sampling` and `skill` as nested features, and a
+        ``DatasetInfo`` holding a description, the version and the lineage (``datastore.hf``)."""
         import datasets
 
+        from datastore.hf import dataset_info, hf_table
+
         v = self.resolve(version)
-        return datasets.Dataset(self.read(v), fingerprint=self.fingerprint(v))
+        return datasets.Dataset(hf_table(self.read(v)), info=dataset_info(self, v), fingerprint=self.fingerprint(v))
 
     def export(self, version: int | str | None, to: str | Path, format: str) -> Path:
         """Write a version to ``to`` as ``hf`` (save_to_disk dir), ``parquet`` or ``jsonl``."""
