@@ -49,6 +49,7 @@ from train.model_names import resolve_model
 from train.scoring import Scored, ScoringBatch, pack_batch, rows_to_BT, score, span_kl
 from train.shards import BatchStream, ShardReader, check_tokenizer
 from train.teacher import Teacher
+from train.tracking import with_trackers
 
 LOGPROB_CHUNK_ROWS = 512  # rows of [N, V] logits alive at once (log-probs and span KLs)
 ADDITIVE_METRICS = ("loss", "pg_loss", "grpo_loss", "kl_term", "kl_sampled_k3")
@@ -426,7 +427,8 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
         start = load_checkpoint(ck, wrapped=wrapped, optimizer=optimizer, teacher=teacher, stream=stream,
                                 world=world, same_data=same_data)
         log(f"resumed from {ck} at step {start}" + ("" if same_data else " (new shards: data from their start)"))
-    metrics_log = MetricsLog(out, start, cfg.run.tensorboard, enabled=rank == 0)
+    metrics_log = with_trackers(MetricsLog(out, start, cfg.run.tensorboard and "tensorboard" in cfg.run.report_to,
+                                           enabled=rank == 0), cfg.run.report_to, to_dict(cfg), out, rank == 0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     method = cfg.method.name
     m = cfg.method
