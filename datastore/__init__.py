@@ -8,7 +8,7 @@
 from datastore.diff import Diff
 from datastore.lineage import Lineage, VersionInfo
 from datastore.schema import ROLLOUT_SCHEMA, SCHEMA_VERSION
-from datastore.store import Store, StoreError
+from datastore.store import NotAStoreError, Store, StoreError
 from datastore.validate import DataError
 from datastore.verify import VerifyReport
 
@@ -16,6 +16,7 @@ __all__ = [
     "DataError",
     "Diff",
     "Lineage",
+    "NotAStoreError",
     "ROLLOUT_SCHEMA",
     "SCHEMA_VERSION",
     "Store",

@@ -21,7 +21,7 @@ app = typer.Typer(
         "  spanroute data import rollouts.jsonl --store runs/store --map text=response\n\n"
         "  spanroute data log --store runs/store\n\n"
         "  spanroute data tag gen-run1 --store runs/store\n\n"
-        "  spanroute data export --store runs/store --version gen-run1 --to out.parquet --format parquet"
+        "  spanroute data export --store runs/store --version gen-run1 --out out.parquet --format parquet"
     ),
 )
 
@@ -29,10 +29,12 @@ STORE = typer.Option(..., "--store", "-s", help="Store directory (created by the
 VERSION_HELP = "A version number or a tag name; default: the latest version."
 
 
-def _store(path: Path):
+def _store(path: Path, create: bool = False):
+    """The store at ``path``; only ``import`` may create one, every other command refuses a path
+    that holds no store (``not a spanroute store: PATH``) instead of showing it as empty."""
     from datastore.store import Store
 
-    return Store(path)
+    return Store(path) if create else Store.open(path)
 
 
 def _console():
@@ -74,7 +76,7 @@ def import_(
     from datastore.io import parse_mapping
     from datastore.lineage import Lineage
 
-    s = _store(store)
+    s = _store(store, create=True)
     v = s.import_(src, parse_mapping(map_), message, Lineage(stage="import"), correct_above=correct_above)
     lineage = s.version_info(v).lineage
     for line in (lineage.get("extra") or {}).get("derived") or []:
@@ -124,7 +126,7 @@ def _cell(value, width: int = 48) -> str:
 def show_(
     store: Path = STORE,
     version: str = typer.Option(None, "--version", "-v", help=VERSION_HELP),
-    limit: int = typer.Option(10, "--limit", "-n", help="Rows to show."),
+    limit: int = typer.Option(10, "--limit", help="Rows to show."),
     columns: str = typer.Option(
         "rollout_id,group_id,response,reward,correct,spans,error_type",
         "--columns", "-c", help="Comma-separated columns to show ('all' for every column).",
@@ -150,7 +152,7 @@ def diff_(
     a: str = typer.Argument(..., help="The older version (number or tag)."),
     b: str = typer.Argument(..., help="The newer version (number or tag)."),
     store: Path = STORE,
-    limit: int = typer.Option(10, "--limit", "-n", help="Rollout ids listed per category."),
+    limit: int = typer.Option(10, "--limit", help="Rollout ids listed per category."),
 ) -> None:
     """What changed from A to B: rows added/removed, rows changed (and in which columns), columns added."""
     d = _store(store).diff(a, b)
@@ -188,7 +190,7 @@ def tag_(
 def export_(
     store: Path = STORE,
     version: str = typer.Option(None, "--version", "-v", help=VERSION_HELP),
-    to: Path = typer.Option(..., "--to", help="Output path (must not exist)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output path (must not exist): a file, or a folder for hf."),
     format: str = typer.Option(
         ..., "--format", "-f",
         help="hf (a `datasets` save_to_disk dir: load with datasets.load_from_disk), parquet, or jsonl.",
@@ -197,8 +199,8 @@ def export_(
     """Write one version out for other tools; the file appears only when complete."""
     s = _store(store)
     v = s.resolve(version)
-    out = s.export(v, to, format)
-    _console().print(f"exported version {v} ({s.dataset(v).count_rows()} rows) to {out} as {format}")
+    written = s.export(v, out, format)
+    _console().print(f"exported version {v} ({s.dataset(v).count_rows()} rows) to {written} as {format}")
 
 
 @app.command("verify")

@@ -171,7 +171,7 @@ def export_table(table: pa.Table | None, to: Path, format: str, *, hf=None) -> P
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}: choose one of {', '.join(FORMATS)}")
     if to.exists():
-        raise FileExistsError(f"{to} already exists; remove it or choose another --to")
+        raise FileExistsError(f"{to} already exists; remove it or choose another --out")
     to.parent.mkdir(parents=True, exist_ok=True)
     tmp = to.with_name(f".{to.name}.tmp-{os.getpid()}")
     try:

@@ -13,6 +13,7 @@ version is ever lost.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import random
@@ -55,6 +56,35 @@ class StoreError(RuntimeError):
     """A request the store cannot serve (unknown version or tag, empty store, ...)."""
 
 
+class NotAStoreError(StoreError):
+    """A path given as a store that holds no store (a typo, or a folder nothing has written to)."""
+
+
+def is_store(path: str | Path, table: str = TABLE_NAME) -> bool:
+    """Whether ``path`` holds a store (its ``<table>.lance`` folder), even one with no version yet."""
+    return (Path(path) / f"{table}.lance").is_dir()
+
+
+def not_a_store_message(path: str | Path, table: str = TABLE_NAME) -> str:
+    """``not a spanroute store: PATH`` plus a hint: a near store name next to it, the store that
+    holds PATH, or the commands that create one. One line."""
+    p = Path(path)
+    if p.suffix == ".lance" and is_store(p.parent, p.stem):
+        return f"not a spanroute store: {path} (did you mean {p.parent}?)"
+    near: list[str] = []
+    parent = p.parent if str(p.parent) else Path(".")
+    if parent.is_dir():
+        names = [c.name for c in parent.iterdir() if c.is_dir() and is_store(c, table)]
+        near = difflib.get_close_matches(p.name, names, n=1, cutoff=0.6)
+    if not near and p.is_dir():  # the folder above the store, e.g. runs/ for runs/store
+        near = [c.name for c in sorted(p.iterdir()) if c.is_dir() and is_store(c, table)][:1]
+        parent = p
+    if near:
+        return f"not a spanroute store: {path} (did you mean {parent / near[0]}?)"
+    return (f"not a spanroute store: {path} (`spanroute rollouts generate` or `spanroute data import` "
+            "creates one)")
+
+
 def _is_retryable(e: BaseException) -> bool:
     from lance.commit import CommitConflictError
 
@@ -69,7 +99,21 @@ class Store:
 
     def __init__(self, path: str | Path, *, table: str = TABLE_NAME):
         self.path = Path(path)
+        self.table = table
         self.uri = str(self.path / f"{table}.lance")
+
+    @classmethod
+    def open(cls, path: str | Path, *, table: str = TABLE_NAME) -> "Store":
+        """An existing store (for readers); raises ``NotAStoreError`` naming ``path`` when it holds
+        none, with "did you mean" for a store of a near name. ``Store(path)`` instead creates the
+        store on its first write."""
+        store = cls(path, table=table)
+        store._check_is_store()
+        return store
+
+    def _check_is_store(self) -> None:
+        if not Path(self.uri).is_dir():
+            raise NotAStoreError(not_a_store_message(self.path, self.table))
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
@@ -87,9 +131,10 @@ class Store:
         return lance.dataset(self.uri, version=version)
 
     def _require(self):
+        self._check_is_store()
         ds = self._open()
         if ds is None:
-            raise StoreError(f"store {self.path} is empty (no versions yet): write or import rows first")
+            raise StoreError(f"store {self.path} is empty (no versions yet): `spanroute rollouts generate` or `spanroute data import` writes the first one")
         return ds
 
     def latest_version(self) -> int | None:
@@ -207,7 +252,8 @@ class Store:
                     i = int(np.flatnonzero(clash.to_numpy(zero_copy_only=False))[0])
                     raise DataError(
                         f"{where.row(i)}: column 'rollout_id': {ids[i].as_py()!r} is already in the "
-                        f"store (version {ds.version}); use update() to change its annotations"
+                        f"store (version {ds.version}): a rollout is added once; its annotations change through "
+                        f"`spanroute annotate`, `skills extract` or `ls pull` (from Python: Store.update)"
                     )
             props = self._properties(
                 lineage,
@@ -293,7 +339,7 @@ class Store:
                     )
                 if c not in ds.schema.names:
                     raise DataError(
-                        f"update table: column '{c}' is not in the store; add it with add_columns()"
+                        f"update table: column '{c}' is not in the store; add it first with Store.add_columns"
                     )
             sub = pa.schema([ds.schema.field("rollout_id")] + [ds.schema.field(c) for c in cols])
             tbl = conform_table(table, sub, where, required=("rollout_id",))
@@ -345,7 +391,7 @@ class Store:
             present = [c for c in cols if c in ds.schema.names]
             if present:
                 raise DataError(
-                    f"add_columns table: column(s) {present} already exist; use update() to set them"
+                    f"add_columns table: column(s) {present} already exist; set them with Store.update instead"
                 )
             fields = [ds.schema.field("rollout_id")]
             for c in cols:
@@ -404,7 +450,8 @@ class Store:
                 raise StoreError(
                     f"update based on version {base} would overwrite a later change: column '{c}' "
                     f"of rollout_id={rid!r} changed between version {base} and {ds.version}; "
-                    f"re-read version {ds.version} and redo the update"
+                    f"nothing was written: rerun the command, which reads the latest version ({ds.version}) "
+                    f"(from Python: read version {ds.version} and call Store.update again)"
                 )
 
     @staticmethod
@@ -518,11 +565,14 @@ class Store:
 
     def to_hf(self, version: int | str | None = None):
         """The version as an in-memory ``datasets.Dataset`` (with a fingerprint, so HF does not
-        spend seconds hashing the table)."""
+        spend seconds hashing the table): `sampling` and `skill` as nested features, and a
+        ``DatasetInfo`` holding a description, the version and the lineage (``datastore.hf``)."""
         import datasets
 
+        from datastore.hf import dataset_info, hf_table
+
         v = self.resolve(version)
-        return datasets.Dataset(self.read(v), fingerprint=self.fingerprint(v))
+        return datasets.Dataset(hf_table(self.read(v)), info=dataset_info(self, v), fingerprint=self.fingerprint(v))
 
     def export(self, version: int | str | None, to: str | Path, format: str) -> Path:
         """Write a version to ``to`` as ``hf`` (save_to_disk dir), ``parquet`` or ``jsonl``."""

@@ -31,7 +31,7 @@ def show(
         False, "--all", help="Also show rollouts without (matching) spans; by default they are skipped."
     ),
     html_out: Path | None = typer.Option(
-        None, "--html", help="Write a self-contained HTML page here instead of printing to the terminal."
+        None, "--out", "-o", help="Write a self-contained HTML page here instead of printing to the terminal."
     ),
 ) -> None:
     """Render responses with key spans in green and error spans in red, one rendering per annotator.
@@ -40,7 +40,7 @@ def show(
 
       spanroute spans show --store runs/store --limit 3
 
-      spanroute spans show --store runs/store --version ann-rule-0001 --source rule --html spans.html
+      spanroute spans show --store runs/store --version ann-rule-0001 --source rule --out spans.html
 
       spanroute spans show --store runs/store --rollout 3f9a2c
     """
@@ -50,7 +50,7 @@ def show(
 
     if source is not None and source not in SOURCES:
         raise ValueError(f"--source {source!r} is not one of {', '.join(SOURCES)}")
-    rows = select_rows(Store(store), version, rollout=rollout, limit=limit, source=source, all_rows=all_rows)
+    rows = select_rows(Store.open(store), version, rollout=rollout, limit=limit, source=source, all_rows=all_rows)
     if not rows:
         what = f"rollout {rollout!r}" if rollout else "rollouts with spans" + (f" from {source}" if source else "")
         hint = "" if rollout or all_rows else " (add --all to show rollouts without spans)"

@@ -172,7 +172,7 @@ def test_self_in_process_uses_the_policy_generator_and_the_same_cache(tmp_path, 
     tiny_model(tok).save_pretrained(ckpt)
     tok.save_pretrained(ckpt)
     st = make_store(tmp_path / "s", 4, seed=6)
-    args = ["annotate", "self", "--store", str(tmp_path / "s"), "--checkpoint", str(ckpt), "--max-tokens", "8",
+    args = ["annotate", "self", "--store", str(tmp_path / "s"), "--model", str(ckpt), "--max-tokens", "8",
             "--no-progress"]
     assert main(args) == 0
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -50,9 +50,9 @@ def test_data_commands_end_to_end(tmp_path, capsys, monkeypatch):
 
     source = Store(store).read(2).to_pylist()
     for fmt, name in (("hf", "hfdir"), ("parquet", "x.parquet"), ("jsonl", "x.jsonl")):
-        assert main(["data", "export", "--store", store, "--version", "2", "--to", str(tmp_path / name),
+        assert main(["data", "export", "--store", store, "--version", "2", "--out", str(tmp_path / name),
                      "--format", fmt]) == 0
-    assert datasets.load_from_disk(str(tmp_path / "hfdir")).to_list() == source
+    assert datasets.load_from_disk(str(tmp_path / "hfdir")).to_list() == Store(store).to_hf(2).to_list()
     assert pq.read_table(tmp_path / "x.parquet").to_pylist() == source
     assert len((tmp_path / "x.jsonl").read_text().splitlines()) == 6
 

@@ -61,7 +61,7 @@ def test_show_one_rollout_by_prefix_source_and_tag(store, capsys):
 
 def test_show_html_writes_a_self_contained_page(store, tmp_path, capsys):
     out = tmp_path / "spans.html"
-    assert main(["spans", "show", "--store", store, "--html", str(out), "--all", "--limit", "10"]) == 0
+    assert main(["spans", "show", "--store", store, "--out", str(out), "--all", "--limit", "10"]) == 0
     assert "3 rollout(s)" in capsys.readouterr().out
     page = out.read_text(encoding="utf-8")
     assert "&lt;oops&gt;" in page and page.count("<section>") == 3 and "<script" not in page

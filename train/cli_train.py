@@ -17,9 +17,9 @@ def build_(
     store: Path = typer.Option(..., "--store", help="Datastore directory (see `spanroute data`)."),
     version: str = typer.Option(None, "--version", help="Version number or tag to read (default: latest). "
                                 "The manifest pins the resolved number."),
-    tokenizer: Path = typer.Option(..., "--tokenizer", help="Tokenizer folder (usually the policy's "
-                                   "save_pretrained folder); its files' sha256 goes in the manifest."),
-    out: Path = typer.Option(..., "--out", help="Output folder for shard-NNNNN.parquet + manifest.json."),
+    model: str = typer.Option(..., "--model", help="The policy folder (or toy, smollm2) whose tokenizer "
+                              "makes the ids; its hash goes in the manifest and `train` checks it."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for shard-NNNNN.parquet + manifest.json."),
     span_source: str = typer.Option("auto", "--span-source", help="Which annotator's spans become routes: "
                                     "human | api | self | rule, or auto = per rollout the first present in "
                                     "human > api > self > rule."),
@@ -34,16 +34,17 @@ def build_(
     Deterministic (same version + tokenizer + options give byte-identical shards) and resumable
     (rerun the same command after a kill: finished shards are kept).
 
-    Example: spanroute shards build --store runs/store --version 3 --tokenizer runs/policy --out runs/shards
+    Example: spanroute shards build --store runs/store --version 3 --model runs/policy --out runs/shards
     """
     from rich.progress import Progress
 
+    from train.model_names import resolve_model
     from train.shards import build_shards
 
     v: int | str | None = int(version) if version is not None and version.isdigit() else version
     with Progress() as bar:
         task = bar.add_task("shards", total=None)
-        manifest = build_shards(store, v, tokenizer, out, span_source=span_source, templates=tuple(template),
+        manifest = build_shards(store, v, resolve_model(model), out, span_source=span_source, templates=tuple(template),
                                 rows_per_shard=rows_per_shard,
                                 progress=lambda k, n: bar.update(task, completed=k, total=n))
     typer.echo(f"{manifest['rows']} rollouts in {manifest['groups']} groups -> {len(manifest['shards'])} shard(s) "
@@ -52,14 +53,16 @@ def build_(
 
 
 def train(
-    config: str = typer.Argument(None, help="YAML config (see train/configs/). Optional: defaults + overrides."),
+    config: str = typer.Argument(None, help="A YAML config file, or a shipped config by name: toy_trace, "
+                                 "toy_grpo, toy_skill_sd, qwen3_1p7b_trace, qwen3_8b_trace_fsdp. Optional: "
+                                 "defaults + overrides."),
     overrides: list[str] = typer.Argument(None, help="section.field=value overrides, e.g. method.name=grpo optim.lr=3e-5"),
     online: bool = typer.Option(False, "--online", help="Online rounds on the toy world: generate -> annotate "
                                 "(rule) -> skills -> store -> shards -> train --steps-per-round steps, repeated; "
                                 "each round is a datastore version. data.shards is not used."),
     rounds: int = typer.Option(4, "--rounds", help="--online: number of rounds."),
     prompts_per_round: int = typer.Option(32, "--prompts-per-round", help="--online: prompts sampled per round."),
-    group_size: int = typer.Option(8, "--group-size", help="--online: samples per prompt (G)."),
+    group_size: int = typer.Option(8, "--num-generations", "-n", help="--online: samples per prompt (G)."),
     steps_per_round: int = typer.Option(4, "--steps-per-round", help="--online: optimizer steps per round."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or config print."),
 ) -> None:
@@ -69,17 +72,20 @@ def train(
     examples); overrides after it win. A run resumes from <run.out>/checkpoints when one is there.
     Several devices: `torchrun --nproc_per_node N -m train.cli train CONFIG run.distributed=fsdp`.
 
-    Example: spanroute train train/configs/toy_trace.yaml optim.steps=20 run.out=runs/t1
+    Example: spanroute train toy_trace optim.steps=20 run.out=runs/t1
     """
     import os
 
-    from train.config import load_config
+    from train.config import load_config, replace
+    from train.model_names import resolve_config, resolve_model
 
     items = list(overrides or [])
     if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
         items.insert(0, config)
         config = None
-    cfg = load_config(config, items)
+    cfg = load_config(None if config is None else resolve_config(config), items)
+    if cfg.model.path:  # `toy` / `smollm2` as everywhere else; the written config.yaml names the folder
+        cfg = replace(cfg, model={"path": resolve_model(cfg.model.path, "model.path")})
     rank0 = int(os.environ.get("RANK", "0")) == 0
     log = (lambda s: None) if quiet or not rank0 else (lambda s: typer.echo(s))
     if online:
@@ -114,11 +120,11 @@ def _with_steps(cfg, steps: int):
 
 
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", help="Output folder: summary.json, curves.png, the "
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Output folder: summary.json, curves.png, the "
                              "store, each method's run."),
     quick: bool = typer.Option(False, "--quick", help="Plumbing check in seconds: a random tiny policy, one "
                                "round, two steps per method (accuracies are meaningless)."),
-    policy: Path = typer.Option(None, "--policy", help="Start from this policy folder instead of the toy policy."),
+    policy: str = typer.Option(None, "--model", help="Start from this policy folder (or toy, smollm2) instead of the toy policy."),
     rounds: int = typer.Option(None, "--rounds", help="Online rounds per method (default 12)."),
     seed: int = typer.Option(0, "--seed", help="Seed for problems, sampling and shuffling (same for both methods)."),
 ) -> None:
@@ -136,4 +142,6 @@ def demo(
 
     dc = QUICK if quick else DemoConfig()
     dc = replace(dc, seed=seed, **({"rounds": rounds} if rounds else {}))
-    run_demo(out, dc, policy=str(policy) if policy else None, log=typer.echo)
+    from train.model_names import resolve_model
+
+    run_demo(out, dc, policy=resolve_model(policy) if policy else None, log=typer.echo)

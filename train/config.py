@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from train.tracking import check_report_to
+
 METHODS = ("trace", "skill_sd", "grpo", "opd")
 TEACHER_SYNCS = ("copy", "ema", "live")
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
@@ -93,6 +95,7 @@ class RunConfig:
     checkpoint_every: int = 0  # 0: only at the end
     keep_checkpoints: int = 1
     tensorboard: bool = True
+    report_to: tuple[str, ...] = ("tensorboard",)  # and/or wandb (optional package; see train/tracking.py)
     plot: bool = True
     device: str = "auto"  # auto | cpu | cuda
     distributed: str = "ddp"  # ddp | fsdp (used only under torchrun, WORLD_SIZE > 1)
@@ -151,6 +154,8 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
             return int(value)
         if isinstance(default, float):
             return float(value)
+        if isinstance(default, tuple) and default and all(isinstance(d, str) for d in default):
+            return tuple(str(v) for v in value) if isinstance(value, tuple) else (str(value),)  # any length
         if isinstance(default, tuple):
             return tuple(_coerce(v, d, where) for v, d in zip(value, default, strict=True))
         if isinstance(default, str):
@@ -193,6 +198,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError("data.groups_per_step and data.micro_batch_size must be >= 1")
     if cfg.optim.steps < 0:
         raise ValueError("optim.steps must be >= 0")
+    check_report_to(cfg.run.report_to)
     if cfg.run.distributed not in ("ddp", "fsdp"):
         raise ValueError(f"run.distributed must be ddp or fsdp, got {cfg.run.distributed!r}")
 

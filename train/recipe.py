@@ -45,9 +45,11 @@ from torch import Tensor, nn
 
 from train import losses as L
 from train.config import TrainConfig, dump, to_dict
+from train.model_names import resolve_model
 from train.scoring import Scored, ScoringBatch, pack_batch, rows_to_BT, score, span_kl
-from train.shards import BatchStream, ShardReader
+from train.shards import BatchStream, ShardReader, check_tokenizer
 from train.teacher import Teacher
+from train.tracking import with_trackers
 
 LOGPROB_CHUNK_ROWS = 512  # rows of [N, V] logits alive at once (log-probs and span KLs)
 ADDITIVE_METRICS = ("loss", "pg_loss", "grpo_loss", "kl_term", "kl_sampled_k3")
@@ -195,14 +197,13 @@ def setup_model(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, Any]
 
     if not cfg.model.path:
         raise ValueError("model.path is empty: point it at a save_pretrained folder (model + tokenizer)")
-    if not Path(cfg.model.path).exists():
-        raise FileNotFoundError(f"model.path {cfg.model.path} does not exist")
+    path = resolve_model(cfg.model.path, "model.path")  # a folder, or toy / smollm2
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.model.dtype]
-    model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=dtype).to(device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer
 
 
@@ -410,6 +411,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
     optimizer = torch.optim.AdamW(wrapped.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
     reader = ShardReader(cfg.data.shards)
+    check_tokenizer(reader.manifest, cfg.data.shards, tokenizer)  # ids from another vocabulary: refuse
     template = teacher_template(cfg)
     prompt_key = f"teacher_prompt_ids_{template}"
     if cfg.method.name != "grpo" and template not in reader.templates:
@@ -425,7 +427,8 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
         start = load_checkpoint(ck, wrapped=wrapped, optimizer=optimizer, teacher=teacher, stream=stream,
                                 world=world, same_data=same_data)
         log(f"resumed from {ck} at step {start}" + ("" if same_data else " (new shards: data from their start)"))
-    metrics_log = MetricsLog(out, start, cfg.run.tensorboard, enabled=rank == 0)
+    metrics_log = with_trackers(MetricsLog(out, start, cfg.run.tensorboard and "tensorboard" in cfg.run.report_to,
+                                           enabled=rank == 0), cfg.run.report_to, to_dict(cfg), out, rank == 0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     method = cfg.method.name
     m = cfg.method

@@ -84,6 +84,34 @@ def _tokenizer_name(tokenizer: Any) -> str:
     return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
 
 
+def tokenizer_vocab_hash(tokenizer: Any) -> str:
+    """sha256 of the token -> id table (added tokens included), i.e. what a shard's ids mean. Unlike
+    `tokenizer_hash` it survives a re-save of the same tokenizer (e.g. a run's ``final/``)."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: (kv[1], kv[0]))
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
+
+
+def check_tokenizer(manifest: dict[str, Any], shards: str | Path, tokenizer: Any) -> None:
+    """Refuse, in one line naming both, shards whose ids were made by another tokenizer than
+    `tokenizer` (the model's): compares the manifest's vocabulary hash (or, for shards built
+    before it was recorded, its tokenizer-files hash) with the model's."""
+    want = manifest.get("tokenizer_vocab_sha256")
+    model_dir = getattr(tokenizer, "name_or_path", "") or "?"
+    if want is not None:
+        have = tokenizer_vocab_hash(tokenizer)
+    else:
+        want = manifest.get("tokenizer_sha256")
+        have = tokenizer_hash(model_dir) if Path(model_dir).is_dir() else None
+    if want is None or want == have:
+        return
+    src, vocab = manifest.get("tokenizer_path"), manifest.get("tokenizer_vocab_size")
+    raise ValueError(
+        f"shards {shards} were built with another tokenizer than the model's: shards' tokenizer"
+        f"{' ' + src if src else ''} ({f'vocab {vocab}, ' if vocab else ''}sha256 {want[:12]}), model's tokenizer "
+        f"{model_dir} (vocab {len(tokenizer)}, sha256 {(have or '?')[:12]}); rebuild them with "
+        f"`spanroute shards build --model {model_dir} ...` or train the model they were built for")
+
+
 def response_offsets(tokenizer: Any, response: str, ids: list[int]) -> np.ndarray:
     """Code-point offsets ``[T, 2]`` (end exclusive) of each sampled token inside `response`.
 
@@ -309,7 +337,9 @@ def build_shards_from_table(table: pa.Table, tokenizer_dir: str | Path, out: str
         total_tokens += int(routes.size)
         if progress is not None:
             progress(k + 1, len(chunks))
-    manifest = {**key_doc, "build_key": build_key, "shards": shards, "groups": len(set(table.column("group_id").to_pylist())),
+    manifest = {**key_doc, "build_key": build_key, "tokenizer_path": str(tokenizer_dir),
+                "tokenizer_vocab_sha256": tokenizer_vocab_hash(tokenizer), "tokenizer_vocab_size": len(tokenizer),
+                "shards": shards, "groups": len(set(table.column("group_id").to_pylist())),
                 "rows_by_span_source": sources, "response_tokens": total_tokens,
                 "span_token_fraction": span_tokens / max(total_tokens, 1), "routed_span_tokens": routed}
     manifest_path.write_text(json.dumps(manifest, indent=1, default=str))
@@ -322,7 +352,7 @@ def build_shards(store: str | Path, version: int | str | None, tokenizer_dir: st
     """Read `version` (number, tag, or None for latest) of the datastore at `store` and build shards."""
     from datastore import Store
 
-    st = Store(str(store))
+    st = Store.open(str(store))
     v = st.resolve(version) if version is not None else st.latest_version()
     if v is None:
         raise ValueError(f"store {store} holds no versions yet")
