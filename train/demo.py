@@ -1,7 +1,7 @@
 """`spanroute demo`: the whole flow on the embedded toy world, arms compared over paired seeds.
 
 1. the toy policy: ``train.toy.toy_policy()`` (built once and cached; the build counts as setup);
-2. for each seed: the starting policy's held-out metrics (the baseline), then each arm from the same
+2. the starting policy's held-out metrics (the baseline); then for each seed, each arm from the same
    starting weights with the same budget: online rounds of generate → annotate → skills → datastore
    version → shards → train (`train.online`), and the same held-out evaluation of its final policy;
 3. per arm the mean over seeds with a Student t 95% interval, each arm's paired difference to GRPO
@@ -9,7 +9,7 @@
 
 An arm is data: `ARMS` maps its name to config overrides (and, for ``trace-self``, the online
 annotator), so a new arm is a new row. Held-out problems and the evaluation sampling seed are the
-same for every arm of a seed, so differences are paired. Entropy is the mean negative log-prob of
+same for every policy, so seed-to-seed spread is training's, and differences are paired by seed. Entropy is the mean negative log-prob of
 the sampled tokens at temperature 1 (nats/token), an unbiased estimate of the per-token entropy
 along the policy's own samples.
 """
@@ -37,6 +37,7 @@ ARMS: dict[str, dict[str, dict[str, Any]]] = {
     "skill-sd": {"method": {"name": "skill_sd"}},
 }
 DEFAULT_ARMS = ("grpo", "trace")
+EVAL_SEED = 1_000  # held-out sampling seed, the same for the baseline and every arm and seed
 
 
 @dataclass(frozen=True)
@@ -206,11 +207,16 @@ def run_demo(out: str | Path, dc: DemoConfig = DemoConfig(), *, policy: str | No
     runnable = [a for a in dc.arms if a not in failed]
     log(f"policy: {policy} ({policy_s:.0f} s); arms {', '.join(runnable)}; seeds {list(dc.seeds)}")
     per_seed: dict[str, list[dict]] = {a: [] for a in ["baseline", *runnable]}
+    held_out = problems_for(dc, dc.seeds[0])[1]  # the same for every seed and arm
+
+    def ev(p: str | Path) -> dict[str, float]:  # the same problems and sampling seed for every policy
+        return evaluate(p, held_out, dc.eval_samples, dc.max_new_tokens, seed=EVAL_SEED)
+
+    per_seed["baseline"].append({"seed": None, **ev(policy), "steps": 0})
+    log(f"baseline: accuracy {per_seed['baseline'][0]['accuracy']:.3f}, greedy "
+        f"{per_seed['baseline'][0]['greedy_accuracy']:.3f} ({len(held_out)} held-out problems)")
     for seed in dc.seeds:
-        train_problems, held_out = problems_for(dc, seed)
-        ev = lambda p: evaluate(p, held_out, dc.eval_samples, dc.max_new_tokens, seed=1_000 + seed)  # noqa: E731
-        per_seed["baseline"].append({"seed": seed, **ev(policy), "steps": 0})
-        log(f"seed {seed}: baseline accuracy {per_seed['baseline'][-1]['accuracy']:.3f}")
+        train_problems = problems_for(dc, seed)[0]
         for arm in runnable:
             facts = run_arm(arm, seed, policy, out, dc, train_problems, log)
             per_seed[arm].append({"seed": seed, **ev(Path(facts["dir"]) / "final"), **facts})

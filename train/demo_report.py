@@ -45,7 +45,7 @@ def summarize(per_seed: dict[str, list[dict]]) -> dict[str, Any]:
 
 def _ci(x: dict) -> str:
     lo, hi = x["ci95"]
-    return f"{x['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{x['accuracy']:.3f} [n/a]"
+    return f"{x['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{x['accuracy']:.3f}"
 
 
 def table_rows(summary: dict) -> list[list[str]]:
@@ -68,8 +68,8 @@ def markdown(summary: dict) -> str:
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     cfg = summary.get("config", {})
-    n = len(summary["baseline"]["seeds"])
-    notes = [f"\n{n} seeds {cfg.get('seeds')}; {summary['interval']}.",
+    notes = [f"\n{len(cfg.get('seeds') or [])} seeds {cfg.get('seeds')}; {summary['interval']}; the baseline is "
+             "one evaluation of the starting policy (same problems and sampling seed as every arm).",
              f"Budget per arm and seed: {cfg.get('rounds')} rounds × {cfg.get('prompts_per_round')} prompts × "
              f"G = {cfg.get('group_size')}, {cfg.get('steps_per_round')} steps per round, lr {cfg.get('lr')}; "
              f"held-out: {cfg.get('eval_problems')} problems × {cfg.get('eval_samples')} samples (T = 1) + greedy.",

@@ -87,7 +87,7 @@ def make_annotator(oc: OnlineConfig, store_dir: Path, generator: Any = None, lab
 
         engine = EngineConfig(base_url="in-process", cache_path=cache, progress=False, label="annotate self")
         return ApiAnnotator(engine, label, source="self", checkpoint=label, params=params,
-                            runner=GeneratorRunner(generator, cache))
+                            runner=GeneratorRunner(generator, cache, batch_size=64))
     if not (oc.base_url and oc.model):
         raise ValueError("--online api needs --base-url and --model (any OpenAI-compatible endpoint)")
     engine = EngineConfig(base_url=oc.base_url, cache_path=cache, api_key_env=oc.api_key_env, progress=False,
