@@ -72,7 +72,7 @@ def make_annotator(oc: OnlineConfig, store_dir: Path, generator: Any = None, lab
     `label` (the round's policy name) so one round never reuses another's answers.
     Raises ValueError for an unknown annotator or ``api`` without base_url/model."""
     if oc.annotator == "rule":
-        from annotate.rule_annotator import RuleAnnotator
+        from annotate import RuleAnnotator  # the toy world's, through annotate's registry
 
         return RuleAnnotator()
     if oc.annotator not in ANNOTATORS:
@@ -106,8 +106,7 @@ def online_rounds(cfg: TrainConfig, oc: OnlineConfig, problems: Sequence[Any], *
     """
     import pyarrow.compute as pc
 
-    from annotate.job import annotate_store, skills_store
-    from annotate.skills import RuleSkills
+    from annotate import RuleSkills, annotate_store, skills_store
     from datastore import Lineage, Store
     from train.recipe import train
     from train.rollout import HFGenerator, Sampling, generate_rollouts, toy_prompt_records
