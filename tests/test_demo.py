@@ -189,5 +189,12 @@ def test_online_self_on_the_toy_policy_writes_self_spans(tmp_path):
     assert st.verify().ok and _cap_overruns(st) == []
 
 
-def test_online_refuses_an_unknown_annotator(tmp_path):
-    assert main(["train", "method.name=grpo", f"run.out={tmp_path}", "--online", "oracle"]) == 1
+@pytest.mark.parametrize("args, message", [
+    (["--online", "oracle"], "--online annotator must be one of rule, self, api, got 'oracle'"),
+    (["--online", "api"], "--online api needs --base-url and --model"),
+    (["--online", "api", "--base-url", "http://127.0.0.1:9/v1"], "--online api needs --base-url and --model"),
+])
+def test_online_refuses_bad_annotator_options_before_any_work(tmp_path, capsys, args, message):
+    assert main(["train", "method.name=grpo", f"run.out={tmp_path / 'run'}", *args]) == 1
+    assert message in " ".join(capsys.readouterr().err.split())  # rich may wrap the line
+    assert not (tmp_path / "run" / "store").exists()

@@ -66,17 +66,24 @@ class RoundRows:
         return records, fn(records[:limit] if limit else records)
 
 
+def check_online(oc: OnlineConfig) -> None:
+    """Raise ValueError (one line) for an unknown annotator, or ``api`` without base_url/model."""
+    if oc.annotator not in ANNOTATORS:
+        raise ValueError(f"--online annotator must be one of {', '.join(ANNOTATORS)}, got {oc.annotator!r}")
+    if oc.annotator == "api" and not (oc.base_url and oc.model):
+        raise ValueError("--online api needs --base-url and --model (any OpenAI-compatible endpoint)")
+
+
 def make_annotator(oc: OnlineConfig, store_dir: Path, generator: Any = None, label: str = ""):
     """The span annotator of `oc.annotator`. ``self`` answers with `generator` (the round's policy,
     an `HFGenerator`), its requests cached under ``<store>/_annotate/cache.sqlite`` and keyed by
     `label` (the round's policy name) so one round never reuses another's answers.
     Raises ValueError for an unknown annotator or ``api`` without base_url/model."""
+    check_online(oc)
     if oc.annotator == "rule":
         from annotate import RuleAnnotator  # the toy world's, through annotate's registry
 
         return RuleAnnotator()
-    if oc.annotator not in ANNOTATORS:
-        raise ValueError(f"--online annotator must be one of {', '.join(ANNOTATORS)}, got {oc.annotator!r}")
     from annotate.api import ApiAnnotator, RequestParams
     from annotate.engine import EngineConfig
 
@@ -88,8 +95,6 @@ def make_annotator(oc: OnlineConfig, store_dir: Path, generator: Any = None, lab
         engine = EngineConfig(base_url="in-process", cache_path=cache, progress=False, label="annotate self")
         return ApiAnnotator(engine, label, source="self", checkpoint=label, params=params,
                             runner=GeneratorRunner(generator, cache, batch_size=64))
-    if not (oc.base_url and oc.model):
-        raise ValueError("--online api needs --base-url and --model (any OpenAI-compatible endpoint)")
     engine = EngineConfig(base_url=oc.base_url, cache_path=cache, api_key_env=oc.api_key_env, progress=False,
                           label="annotate api")
     return ApiAnnotator(engine, oc.model, source="api", params=params)
@@ -112,8 +117,7 @@ def online_rounds(cfg: TrainConfig, oc: OnlineConfig, problems: Sequence[Any], *
     from train.rollout import HFGenerator, Sampling, generate_rollouts, toy_prompt_records
     from train.shards import build_shards_from_table
 
-    if oc.annotator not in ANNOTATORS:
-        raise ValueError(f"--online annotator must be one of {', '.join(ANNOTATORS)}, got {oc.annotator!r}")
+    check_online(oc)
     out = Path(cfg.run.out)
     store_dir = Path(oc.store or out / "store")
     store = Store(str(store_dir))
