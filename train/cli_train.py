@@ -57,9 +57,13 @@ def train(
                                  "toy_grpo, toy_skill_sd, qwen3_1p7b_trace, qwen3_8b_trace_fsdp. Optional: "
                                  "defaults + overrides."),
     overrides: list[str] = typer.Argument(None, help="section.field=value overrides, e.g. method.name=grpo optim.lr=3e-5"),
-    online: bool = typer.Option(False, "--online", help="Online rounds on the toy world: generate -> annotate "
-                                "(rule) -> skills -> store -> shards -> train --steps-per-round steps, repeated; "
-                                "each round is a datastore version. data.shards is not used."),
+    online: str = typer.Option(None, "--online", metavar="rule|self|api", help="Online rounds on the toy world "
+                               "with this annotator: generate -> annotate -> skills -> store -> shards -> train "
+                               "--steps-per-round steps, repeated; each round is a datastore version. rule: exact, "
+                               "free; self: the current policy annotates its own rollouts (in process); api: "
+                               "--base-url/--model. data.shards is not used."),
+    base_url: str = typer.Option(None, "--base-url", help="--online api: OpenAI-compatible base URL."),
+    model: str = typer.Option(None, "--model", help="--online api: model name as the endpoint knows it."),
     rounds: int = typer.Option(4, "--rounds", help="--online: number of rounds."),
     prompts_per_round: int = typer.Option(32, "--prompts-per-round", help="--online: prompts sampled per round."),
     group_size: int = typer.Option(8, "--num-generations", "-n", help="--online: samples per prompt (G)."),
@@ -89,14 +93,11 @@ def train(
     rank0 = int(os.environ.get("RANK", "0")) == 0
     log = (lambda s: None) if quiet or not rank0 else (lambda s: typer.echo(s))
     if online:
-        from train.online import OnlineConfig, online_rounds
-        from train.toy import make_problems
+        from train.online import OnlineConfig, run_online
 
-        oc = OnlineConfig(rounds=rounds, prompts_per_round=prompts_per_round, group_size=group_size,
-                          steps_per_round=steps_per_round, seed=cfg.optim.seed)
-        cfg = _with_steps(cfg, rounds * steps_per_round)
-        res = online_rounds(cfg, oc, make_problems(rounds * prompts_per_round, seed=10_000 + cfg.optim.seed), log=log)
-        log(f"done: {len(res['rounds'])} rounds; last step {res['last']}")
+        run_online(cfg, OnlineConfig(rounds=rounds, prompts_per_round=prompts_per_round, group_size=group_size,
+                                     steps_per_round=steps_per_round, annotator=online, base_url=base_url,
+                                     model=model), log=log)
         return
     from train.recipe import train as run
 
@@ -113,35 +114,37 @@ def train(
     log(f"done: {res['steps']} steps -> {res['out']} (metrics.jsonl, curves.png, final/)")
 
 
-def _with_steps(cfg, steps: int):
-    from train.config import replace
-
-    return replace(cfg, optim={"steps": steps})
-
-
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Output folder: summary.json, curves.png, the "
-                             "store, each method's run."),
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Output folder: summary.json, results.md, curves.png, "
+                             "the store, each arm's runs."),
     quick: bool = typer.Option(False, "--quick", help="Plumbing check in seconds: a random tiny policy, one "
-                               "round, two steps per method (accuracies are meaningless)."),
+                               "round, two steps per arm, two seeds (accuracies are meaningless)."),
     policy: str = typer.Option(None, "--model", help="Start from this policy folder (or toy, smollm2) instead of the toy policy."),
-    rounds: int = typer.Option(None, "--rounds", help="Online rounds per method (default 12)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for problems, sampling and shuffling (same for both methods)."),
+    arms: str = typer.Option("grpo,trace", "--arms", help="all, or a comma list of: grpo, trace-fkl, trace-rkl, "
+                             "trace, trace-random, opd, trace-self, skill-sd (grpo is always run: it is the "
+                             "reference of every comparison)."),
+    seeds: int = typer.Option(None, "--seeds", min=1, help="Number of paired seeds 0..N-1 (default 3; 2 with --quick)."),
+    rounds: int = typer.Option(None, "--rounds", help="Online rounds per arm and seed (default: the demo's budget)."),
 ) -> None:
-    """Run the whole flow on the embedded toy world and compare GRPO with TRACE.
+    """Run the whole flow on the embedded toy world and compare arms over paired seeds.
 
-    Builds or loads the toy policy (its first build trains it for a few CPU minutes and is cached),
-    evaluates it on held-out problems, then for GRPO and TRACE from the same start with the same
-    seeds and budget runs online rounds (generate -> rule annotate -> rule skills -> store ->
-    shards -> train), evaluates both, prints a table and writes <out>/summary.json and a plot.
-    No GPU, API key or server needed.
+    Loads the toy policy (its first build trains it for a few CPU minutes and is cached), then per
+    seed evaluates it on held-out problems and runs each arm from the same start with the same
+    budget: online rounds (generate -> annotate -> skills -> store -> shards -> train), then the same
+    held-out evaluation. Prints each arm's mean sampled accuracy with a 95% Student t interval over
+    seeds and its paired difference to GRPO; writes <out>/summary.json, results.md and curves.png.
+    No GPU, API key or server needed. Exits 1 if an arm could not run on this tree (the others
+    still run and are reported).
     """
     from dataclasses import replace
 
-    from train.demo import QUICK, DemoConfig, run_demo
+    from train.demo import QUICK, DemoConfig, resolve_arms, run_demo
 
     dc = QUICK if quick else DemoConfig()
-    dc = replace(dc, seed=seed, **({"rounds": rounds} if rounds else {}))
+    dc = replace(dc, arms=resolve_arms(arms), **({"seeds": tuple(range(seeds))} if seeds else {}),
+                 **({"rounds": rounds} if rounds else {}))
     from train.model_names import resolve_model
 
-    run_demo(out, dc, policy=resolve_model(policy) if policy else None, log=typer.echo)
+    summary = run_demo(out, dc, policy=resolve_model(policy) if policy else None, log=typer.echo)
+    if summary["failed"]:
+        raise typer.Exit(1)

@@ -1,21 +1,22 @@
-"""`spanroute demo`: the whole flow on the embedded toy world, GRPO against TRACE, honestly.
+"""`spanroute demo`: the whole flow on the embedded toy world, arms compared over paired seeds.
 
 1. the toy policy: ``train.toy.toy_policy()`` (built once and cached; the build counts as setup);
-2. baseline: sampled accuracy, greedy accuracy, response length and entropy on held-out problems;
-3. for each method, from the same starting weights with the same seeds and the same budget:
-   online rounds of generate → rule annotate → rule skills → datastore version → shards → train;
-4. the same held-out evaluation of each trained policy, a table, a plot and ``summary.json``.
+2. the starting policy's held-out metrics (the baseline); then for each seed, each arm from the same
+   starting weights with the same budget: online rounds of generate → annotate → skills → datastore
+   version → shards → train (`train.online`), and the same held-out evaluation of its final policy;
+3. per arm the mean over seeds with a Student t 95% interval, each arm's paired difference to GRPO
+   (`train.stats`), a table, ``results.md``, ``curves.png`` and ``summary.json``.
 
-Entropy is estimated as the mean negative log-prob of the sampled tokens at temperature 1 (nats per
-token), which is an unbiased estimate of the policy's per-token entropy along its own samples.
-Whichever method wins is reported as it is; with one seed the sampled accuracy on
-``eval_problems × eval_samples`` answers has a standard error of about √(p(1−p)/n).
+An arm is data: `ARMS` maps its name to config overrides (and, for ``trace-self``, the online
+annotator), so a new arm is a new row. Held-out problems and the evaluation sampling seed are the
+same for every policy, so seed-to-seed spread is training's, and differences are paired by seed. Entropy is the mean negative log-prob of
+the sampled tokens at temperature 1 (nats/token), an unbiased estimate of the per-token entropy
+along the policy's own samples.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -23,43 +24,83 @@ from typing import Any, Callable
 
 from train.config import from_dict
 
+TRACE_BOTH = {"name": "trace", "key_channel": True, "error_channel": True}
+# arm -> {"method": method overrides, "online": OnlineConfig overrides}
+ARMS: dict[str, dict[str, dict[str, Any]]] = {
+    "grpo": {"method": {"name": "grpo"}},
+    "trace-fkl": {"method": {"name": "trace", "key_channel": True, "error_channel": False}},
+    "trace-rkl": {"method": {"name": "trace", "key_channel": False, "error_channel": True}},
+    "trace": {"method": TRACE_BOTH},
+    "trace-random": {"method": {"name": "trace-random", "key_channel": True, "error_channel": True}},
+    "opd": {"method": {"name": "opd"}},
+    "trace-self": {"method": TRACE_BOTH, "online": {"annotator": "self"}},
+    "skill-sd": {"method": {"name": "skill_sd"}},
+}
+DEFAULT_ARMS = ("grpo", "trace")
+EVAL_SEED = 1_000  # held-out sampling seed, the same for the baseline and every arm and seed
+
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """The demo's budget; both methods get exactly this."""
+    """The demo's budget; every arm gets exactly this, on every seed."""
 
-    methods: tuple[str, ...] = ("grpo", "trace")
-    rounds: int = 12
+    arms: tuple[str, ...] = DEFAULT_ARMS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    rounds: int = 8  # 32 steps: 3 seeds × 2 arms fit 10 min at the old toy policy's ~2 s per step
     prompts_per_round: int = 32
     group_size: int = 8
     steps_per_round: int = 4
     groups_per_step: int = 8
     micro_batch_size: int = 64
-    lr: float = 3e-5  # 1e-4 collapsed both arms on the toy policy (see README: The demo)
+    lr: float = 3e-5
     term_clip: float | None = 0.05  # TRACE's pointwise clip of each vocabulary KL term
     max_new_tokens: int = 48
     eval_problems: int = 200
     eval_samples: int = 4
-    seed: int = 0
     quick: bool = False  # a random tiny policy and a handful of steps: checks the plumbing only
 
 
-QUICK = DemoConfig(rounds=1, prompts_per_round=4, group_size=4, steps_per_round=2, groups_per_step=2,
-                   micro_batch_size=8, lr=1e-3, max_new_tokens=16, eval_problems=4, eval_samples=2, quick=True)
+QUICK = DemoConfig(seeds=(0, 1), rounds=1, prompts_per_round=4, group_size=4, steps_per_round=2,
+                   groups_per_step=2, micro_batch_size=8, lr=1e-3, max_new_tokens=16, eval_problems=4,
+                   eval_samples=2, quick=True)
 
 
-def train_config(method: str, policy: str, out: Path, dc: DemoConfig) -> Any:
-    """The recipe config of one demo arm (TRACE: both span channels, λ 0.5 for 10 steps → 0 at 40)."""
+def resolve_arms(names: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """``"all"`` → every arm of `ARMS`; a comma list or sequence → those arms, checked, in ARMS order,
+    with ``grpo`` added (every comparison is against it). Raises ValueError naming unknown arms."""
+    if isinstance(names, str):
+        names = list(ARMS) if names.strip() == "all" else [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ARMS]
+    if unknown:
+        raise ValueError(f"unknown arm(s) {', '.join(unknown)}; known: all, {', '.join(ARMS)}")
+    wanted = set(names) | {"grpo"}
+    return tuple(a for a in ARMS if a in wanted)
+
+
+def train_config(arm: str, policy: str, out: Path, dc: DemoConfig, seed: int) -> Any:
+    """The recipe config of one arm and seed (TRACE: λ 0.5 for 10 steps → 0 at 40 steps, clipped
+    terms). Raises ValueError (from the config check) when the arm's method does not exist."""
     steps = dc.rounds * dc.steps_per_round
+    method = {"kl_hold": min(10, steps), "kl_end": min(40, steps), "teacher_sync": "copy", "sync_every": 10,
+              "term_clip": dc.term_clip, **ARMS[arm]["method"]}
     return from_dict({
         "model": {"path": policy},
-        "data": {"groups_per_step": dc.groups_per_step, "micro_batch_size": dc.micro_batch_size, "seed": dc.seed},
-        "method": {"name": method, "key_channel": True, "error_channel": True,
-                   "kl_hold": min(10, steps), "kl_end": min(40, steps), "teacher_sync": "copy", "sync_every": 10,
-                   "term_clip": dc.term_clip},
-        "optim": {"lr": dc.lr, "steps": steps, "seed": dc.seed},
-        "run": {"out": str(out / method), "device": "cpu", "checkpoint_every": 0},
+        "data": {"groups_per_step": dc.groups_per_step, "micro_batch_size": dc.micro_batch_size, "seed": seed},
+        "method": method,
+        "optim": {"lr": dc.lr, "steps": steps, "seed": seed},
+        "run": {"out": str(out), "device": "cpu", "checkpoint_every": 0},
     })
+
+
+def check_arms(dc: DemoConfig, policy: str, out: Path) -> dict[str, str]:
+    """{arm: one-line reason} for arms whose config this tree refuses (e.g. a method not built yet)."""
+    bad = {}
+    for arm in dc.arms:
+        try:
+            train_config(arm, policy, out / arm, dc, 0)
+        except ValueError as e:
+            bad[arm] = f"arm {arm!r} cannot run on this tree: {e}"
+    return bad
 
 
 def evaluate(policy: str | Path, problems: list, n: int, max_new_tokens: int, seed: int) -> dict[str, float]:
@@ -88,17 +129,15 @@ def evaluate(policy: str | Path, problems: list, n: int, max_new_tokens: int, se
     }
 
 
-def _problems(dc: DemoConfig) -> tuple[list, list]:
-    from train.toy import make_problems
+def problems_for(dc: DemoConfig, seed: int) -> tuple[list, list]:
+    """(training problems of `seed`, held-out problems): the held-out set is the same for every seed
+    and arm (`TOY_EVAL_SEED`), and no training problem is in it."""
+    from train.toy import TOY_EVAL_SEED, make_problems
 
-    try:
-        from train.toy import TOY_EVAL_SEED
-    except ImportError:  # pragma: no cover
-        TOY_EVAL_SEED = 777
     held_out = make_problems(dc.eval_problems, seed=TOY_EVAL_SEED)
     seen = {p.prompt_id for p in held_out}
     need = dc.rounds * dc.prompts_per_round
-    train = [p for p in make_problems(need + len(held_out), seed=10_000 + dc.seed) if p.prompt_id not in seen][:need]
+    train = [p for p in make_problems(need + len(held_out), seed=10_000 + seed) if p.prompt_id not in seen][:need]
     return train, held_out
 
 
@@ -111,115 +150,83 @@ def _policy(out: Path, dc: DemoConfig, policy: str | None, log: Callable[[str], 
 
         d = out / "policy"
         tok = build_tokenizer(d)
-        tiny_model(tok, layers=2, hidden=32, seed=dc.seed).save_pretrained(d)
+        tiny_model(tok, layers=2, hidden=32, seed=0).save_pretrained(d)
         return str(d), time.perf_counter() - t
     from train.toy import toy_policy
 
     log("toy policy: loading from cache (the first build trains it for a few CPU minutes)…")
-    p = str(toy_policy())
-    return p, time.perf_counter() - t
+    return str(toy_policy()), time.perf_counter() - t
 
 
-def _fmt_table(rows: list[tuple[str, dict]]) -> str:
-    head = f"{'policy':<10} {'accuracy':>9} {'greedy':>8} {'resp.len':>9} {'entropy':>8} {'steps':>6} {'train s':>8}"
-    lines = [head, "-" * len(head)]
-    for name, m in rows:
-        lines.append(f"{name:<10} {m['accuracy']:>9.3f} {m['greedy_accuracy']:>8.3f} {m['response_length']:>9.1f} "
-                     f"{m['entropy']:>8.3f} {m.get('steps', 0):>6} {m.get('train_seconds', 0.0):>8.1f}")
-    return "\n".join(lines)
-
-
-def compare_plot(out: Path, methods: list[str]) -> Path | None:
-    """Reward and (for TRACE) λ / KL curves of every arm on one figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = ("reward", "entropy", "response_length", "kl_forward")
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3))
-    any_rows = False
-    for m in methods:
-        p = out / m / "metrics.jsonl"
-        if not p.exists():
-            continue
-        rows = [json.loads(x) for x in p.read_text().splitlines() if x]
-        any_rows = any_rows or bool(rows)
-        for ax, k in zip(axes, keys):
-            xs = [r["step"] for r in rows if k in r]
-            if xs:
-                ax.plot(xs, [r[k] for r in rows if k in r], label=m)
-    if not any_rows:
-        plt.close(fig)
-        return None
-    for ax, k in zip(axes, keys):
-        ax.set_title(k)
-        ax.set_xlabel("step")
-        if ax.get_lines():
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    png = out / "curves.png"
-    fig.savefig(png, dpi=80)
-    plt.close(fig)
-    return png
-
-
-def run_demo(out: str | Path, dc: DemoConfig = DemoConfig(), *, policy: str | None = None,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the demo into `out`; returns (and writes) the summary."""
+def run_arm(arm: str, seed: int, policy: str, out: Path, dc: DemoConfig, train_problems: list,
+            log: Callable[[str], None]) -> dict[str, Any]:
+    """One arm on one seed: online rounds into ``out/<arm>/seed-<seed>``; returns its run facts."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from train.online import OnlineConfig, online_rounds
 
+    run_dir = out / arm / f"seed-{seed}"
+    cfg = train_config(arm, policy, run_dir, dc, seed)
+    oc = OnlineConfig(rounds=dc.rounds, prompts_per_round=dc.prompts_per_round, group_size=dc.group_size,
+                      steps_per_round=dc.steps_per_round, max_new_tokens=dc.max_new_tokens, seed=seed,
+                      store=str(out / "store"), name=f"{arm}-seed{seed}", **ARMS[arm].get("online", {}))
+    t = time.perf_counter()
+    with Progress(TextColumn(f"[bold]{arm:<12} s{seed}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn()) as bar:
+        task = bar.add_task(arm, total=cfg.optim.steps, info="")
+
+        def tick(m: dict) -> None:
+            bar.update(task, completed=m["step"] + 1,
+                       info=f"reward {m['reward']:.2f} λ {m.get('lambda', 0.0):.2f} loss {m['loss']:+.3f}")
+
+        res = online_rounds(cfg, oc, train_problems, on_step=tick,
+                            log=lambda s: bar.console.print(f"  {s}") if s.startswith("round") else None)
+    annotated = sum(r["annotated"] for r in res["rounds"])
+    rollouts = sum(r["rollouts"] for r in res["rounds"])
+    return {"steps": cfg.optim.steps, "train_seconds": round(time.perf_counter() - t, 1), "dir": str(run_dir),
+            "annotated_rows": annotated, "rollouts": rollouts}
+
+
+def run_demo(out: str | Path, dc: DemoConfig = DemoConfig(), *, policy: str | None = None,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every arm of `dc` on every seed into `out`; returns (and writes) the summary.
+
+    Arms whose method this tree does not have are reported with their reason and skipped (the
+    summary's ``failed``). Raises ValueError if `out` already holds an arm's run."""
+    from train.demo_report import summarize, write_outputs
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for m in dc.methods:
-        if (out / m).exists() and any((out / m).iterdir()):
-            raise ValueError(f"{out / m} already holds a run; choose a new --out (the demo compares fresh runs)")
+    for a in dc.arms:
+        if (out / a).exists() and any((out / a).iterdir()):
+            raise ValueError(f"{out / a} already holds a run; choose a new --out (the demo compares fresh runs)")
     t_all = time.perf_counter()
     policy, policy_s = _policy(out, dc, policy, log)
-    log(f"policy: {policy} ({policy_s:.0f} s)")
-    train_problems, held_out = _problems(dc)
-    log(f"evaluating the starting policy on {len(held_out)} held-out problems × {dc.eval_samples} samples…")
-    base = evaluate(policy, held_out, dc.eval_samples, dc.max_new_tokens, seed=dc.seed + 1)
-    log(f"baseline: accuracy {base['accuracy']:.3f}, greedy {base['greedy_accuracy']:.3f}")
-    results: dict[str, dict] = {}
-    oc = OnlineConfig(rounds=dc.rounds, prompts_per_round=dc.prompts_per_round, group_size=dc.group_size,
-                      steps_per_round=dc.steps_per_round, max_new_tokens=dc.max_new_tokens, seed=dc.seed,
-                      store=str(out / "store"))
-    for method in dc.methods:
-        cfg = train_config(method, policy, out, dc)
-        t = time.perf_counter()
-        with Progress(TextColumn(f"[bold]{method:<6}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                      TimeElapsedColumn(), transient=False) as bar:
-            task = bar.add_task(method, total=cfg.optim.steps, info="")
+    failed = check_arms(dc, policy, out)
+    for msg in failed.values():
+        log(f"[skipped] {msg}")
+    runnable = [a for a in dc.arms if a not in failed]
+    log(f"policy: {policy} ({policy_s:.0f} s); arms {', '.join(runnable)}; seeds {list(dc.seeds)}")
+    per_seed: dict[str, list[dict]] = {a: [] for a in ["baseline", *runnable]}
+    held_out = problems_for(dc, dc.seeds[0])[1]  # the same for every seed and arm
 
-            def tick(m: dict) -> None:
-                bar.update(task, completed=m["step"] + 1,
-                           info=f"reward {m['reward']:.2f} λ {m['lambda']:.2f} loss {m['loss']:+.3f}")
+    def ev(p: str | Path) -> dict[str, float]:  # the same problems and sampling seed for every policy
+        return evaluate(p, held_out, dc.eval_samples, dc.max_new_tokens, seed=EVAL_SEED)
 
-            # both arms write to one store: each round is a version with the arm in its lineage
-            online_rounds(cfg, oc, train_problems, log=lambda s: bar.console.print(f"  {s}") if "config" not in s else None,
-                          on_step=tick)
-        train_s = time.perf_counter() - t
-        ev = evaluate(out / method / "final", held_out, dc.eval_samples, dc.max_new_tokens, seed=dc.seed + 1)
-        results[method] = {**ev, "steps": cfg.optim.steps, "train_seconds": round(train_s, 1)}
-        log(f"{method}: accuracy {ev['accuracy']:.3f} (baseline {base['accuracy']:.3f}) after {train_s:.0f} s")
-    png = compare_plot(out, list(dc.methods))
-    seconds = time.perf_counter() - t_all
-    best = max((r["accuracy"] for r in results.values()), default=None)
-    leaders = [m for m, r in results.items() if r["accuracy"] == best]
-    winner = leaders[0] if len(leaders) == 1 else "tie"
-    summary = {"baseline": base, "methods": results, "seconds": round(seconds, 1),
-               "policy_seconds": round(policy_s, 1), "winner": winner, "plot": str(png) if png else None,
-               "config": {**asdict(dc), "methods": list(dc.methods)}, "policy": policy,
-               "stderr_accuracy": round(math.sqrt(max(base["accuracy"] * (1 - base["accuracy"]), 1e-12)
-                                                  / max(base["n"], 1)), 4)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    log("")
-    log(_fmt_table([("baseline", base)] + [(m, r) for m, r in results.items()]))
-    log(f"\nwinner on sampled accuracy: {winner} (one seed; standard error ≈ {summary['stderr_accuracy']:.3f})")
-    log(f"plot: {png}\nsummary: {out / 'summary.json'}\ntotal {seconds:.0f} s (policy build/load {policy_s:.0f} s)")
+    per_seed["baseline"].append({"seed": None, **ev(policy), "steps": 0})
+    log(f"baseline: accuracy {per_seed['baseline'][0]['accuracy']:.3f}, greedy "
+        f"{per_seed['baseline'][0]['greedy_accuracy']:.3f} ({len(held_out)} held-out problems)")
+    for seed in dc.seeds:
+        train_problems = problems_for(dc, seed)[0]
+        for arm in runnable:
+            facts = run_arm(arm, seed, policy, out, dc, train_problems, log)
+            per_seed[arm].append({"seed": seed, **ev(Path(facts["dir"]) / "final"), **facts})
+            log(f"seed {seed}: {arm} accuracy {per_seed[arm][-1]['accuracy']:.3f} ({facts['train_seconds']:.0f} s)")
+    summary = summarize(per_seed)
+    summary.update({"failed": failed, "seconds": round(time.perf_counter() - t_all, 1),
+                    "policy_seconds": round(policy_s, 1), "policy": policy,
+                    "config": {**asdict(dc), "arms": list(dc.arms), "seeds": list(dc.seeds)}})
+    write_outputs(out, summary, log)
     return summary
 
 
