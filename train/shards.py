@@ -122,7 +122,8 @@ def response_offsets(tokenizer: Any, response: str, ids: list[int]) -> np.ndarra
     ``ignore_merges``), whitespace-only tokens under ``trim_offsets`` — and trusting those would
     route no token at all. Otherwise (or for a sampled segmentation the tokenizer would not
     produce) decode prefixes: token t covers ``[len(decode(ids[:t])), len(decode(ids[:t+1])))``;
-    special tokens get an empty range, and every piece of a character split over several tokens
+    a special token covers its text where the response holds it (generators decode with
+    ``skip_special_tokens=False``) and an empty range where it does not (the final EOS), and every piece of a character split over several tokens
     (byte-level BPE) carries that character, as the fast byte-level offsets do.
 
     Tokens decoding past the end of `response` (a stop string generation cut off) get the empty
@@ -146,11 +147,17 @@ def response_offsets(tokenizer: Any, response: str, ids: list[int]) -> np.ndarra
 def _decoded_offsets(tokenizer: Any, response: str, ids: list[int], special: set[int]) -> np.ndarray:
     out = np.zeros((len(ids), 2), dtype=np.int64)
     prev = 0
+    kept: list[int] = []  # the ids whose decoded text is in `response` (generators decode specials as text)
     for t in range(len(ids)):
+        text = tokenizer.decode(kept + [ids[t]], skip_special_tokens=False)
         if ids[t] in special:
-            out[t] = (prev, prev)
+            # a special token sampled mid-response is in the text; the final EOS is not: empty range
+            if response.startswith(text) and len(text) > prev:
+                out[t], prev, kept = (prev, len(text)), len(text), kept + [ids[t]]
+            else:
+                out[t] = (prev, prev)
             continue
-        text = tokenizer.decode(ids[: t + 1], skip_special_tokens=True)
+        kept.append(ids[t])
         partial = text.endswith("\ufffd") and not response.startswith(text)  # an unfinished UTF-8 sequence
         text = text.rstrip("\ufffd") if partial else text
         if partial and response.startswith(text) and len(text) < len(response):
