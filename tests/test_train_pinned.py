@@ -2,7 +2,8 @@
 
 Like TRL's invariance tests: a refactor of the loop, the method table or the scoring that changes
 any number here fails, so "behaviour unchanged" is checked rather than claimed. The numbers were
-recorded on the loop before the method table existed (commit 7cb4b98 + this file) and must only
+recorded on the loop before the method table existed (commit 7cb4b98 + this file; `trace-random`,
+which is new, right after) and must only
 change with a deliberate change of a method's objective — then regenerate them with
 ``python -m tests.test_train_pinned`` and say why in the commit.
 
@@ -28,7 +29,12 @@ ARMS: dict[str, tuple[str, ...]] = {
     "trace-rkl": ("method.name=trace", "method.key_channel=false", "method.error_channel=true"),
     "opd": ("method.name=opd",),
     "skill_sd": ("method.name=skill_sd", "method.teacher_template=skill"),
+    "trace-random": ("method.name=trace-random",),
 }
+# Rows of the method table that must reproduce a pinned arm exactly (named variants, aliases,
+# the `auto` teacher template).
+SAME_AS = {"trace-fkl": ("method.name=trace-fkl",), "trace-rkl": ("method.name=trace-rkl",),
+           "skill_sd": ("method.name=skill-sd", "method.teacher_template=auto")}
 KEYS = ("loss", "pg_loss", "grad_norm", "lambda", "kl_forward", "kl_reverse", "kl_sampled_k3")
 
 # fmt: off
@@ -69,6 +75,12 @@ PINNED: dict[str, list[dict[str, float]]] = {
         {'loss': 0.0031812608358450234, 'pg_loss': 0.0031807301566004753, 'grad_norm': 0.14850978553295135, 'lambda': 0.001, 'kl_sampled_k3': 0.0005255553696770221},
         {'loss': -0.00028040900360792875, 'pg_loss': -0.00028160345391370356, 'grad_norm': 0.19211798906326294, 'lambda': 0.001, 'kl_sampled_k3': 0.0011849845759570599},
     ],
+    'trace-random': [
+        {'loss': -0.06555695831775665, 'pg_loss': -0.06557363644242287, 'grad_norm': 0.2791251540184021, 'lambda': 0.5, 'kl_forward': 0.00014151216115957746, 'kl_reverse': 0.0001194385637063533},
+        {'loss': -0.09341478534042835, 'pg_loss': -0.09348876401782036, 'grad_norm': 0.3769615590572357, 'lambda': 0.5, 'kl_forward': 0.0004979229997843504, 'kl_reverse': 0.0005634424858726561},
+        {'loss': -0.027196661569178104, 'pg_loss': -0.02720894990488887, 'grad_norm': 0.16963116824626923, 'lambda': 0.25, 'kl_forward': 0.00018974538640274355, 'kl_reverse': 0.00021575388382188976},
+        {'loss': 0.0005719818582292646, 'pg_loss': 0.0005719818582292646, 'grad_norm': 0.1980278044939041, 'lambda': 0.0},
+    ],
 }
 # fmt: on
 
@@ -83,12 +95,12 @@ def toy(tmp_path_factory):
     return build_toy_shards(tmp_path_factory.mktemp("pinned"))
 
 
-def trajectory(policy: Path, shards: Path, out: Path, arm: str) -> list[dict[str, float]]:
+def trajectory(policy: Path, shards: Path, out: Path, arm: str, extra: tuple[str, ...] = ()) -> list[dict[str, float]]:
     """The pinned metrics of each step of `arm` (absent keys: the channel was off that step)."""
     from train.config import load_config
     from train.recipe import train
 
-    cfg = load_config(None, overrides(policy, shards, out, *COMMON, *ARMS[arm]))
+    cfg = load_config(None, overrides(policy, shards, out, *COMMON, *(extra or ARMS[arm])))
     train(cfg, log=lambda s: None)
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     return [{k: r[k] for k in KEYS if k in r} for r in rows]
@@ -97,8 +109,16 @@ def trajectory(policy: Path, shards: Path, out: Path, arm: str) -> list[dict[str
 @pytest.mark.parametrize("arm", list(ARMS))
 def test_loss_trajectory_is_pinned(toy, tmp_path, arm):
     policy, shards = toy
-    got = trajectory(policy, shards, tmp_path / arm, arm)
-    want = PINNED[arm]
+    _check(trajectory(policy, shards, tmp_path / arm, arm), PINNED[arm], arm)
+
+
+@pytest.mark.parametrize("arm", list(SAME_AS))
+def test_named_variants_reproduce_their_pinned_arm(toy, tmp_path, arm):
+    policy, shards = toy
+    _check(trajectory(policy, shards, tmp_path / arm, arm, SAME_AS[arm]), PINNED[arm], " ".join(SAME_AS[arm]))
+
+
+def _check(got: list[dict[str, float]], want: list[dict[str, float]], arm: str) -> None:
     assert [sorted(g) for g in got] == [sorted(w) for w in want], "a KL channel switched on or off"
     for step, (g, w) in enumerate(zip(got, want, strict=True)):
         for k in w:

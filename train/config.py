@@ -181,14 +181,15 @@ def from_dict(d: dict[str, Any]) -> TrainConfig:
 def validate(cfg: TrainConfig) -> None:
     """Refuse values the loop cannot honour, naming the field."""
     m = cfg.method
-    if m.name not in METHODS:
-        raise ValueError(f"method.name must be one of {', '.join(METHODS)}, got {m.name!r}")
+    from train.methods import method_of
+
+    row = method_of(m.name)
     if m.teacher_sync not in TEACHER_SYNCS:
         raise ValueError(f"method.teacher_sync must be one of {', '.join(TEACHER_SYNCS)}, got {m.teacher_sync!r}")
     if m.agg not in AGGREGATIONS:
         raise ValueError(f"method.agg must be one of {', '.join(AGGREGATIONS)}, got {m.agg!r}")
-    if m.name == "trace" and not (m.key_channel or m.error_channel):
-        raise ValueError("method: TRACE needs key_channel or error_channel (or both) switched on")
+    if row.channels is None and not (m.key_channel or m.error_channel):
+        raise ValueError(f"method: {m.name} needs key_channel or error_channel (or both) switched on")
     if cfg.data.groups_per_step < 1 or cfg.data.micro_batch_size < 1:
         raise ValueError("data.groups_per_step and data.micro_batch_size must be >= 1")
     if cfg.optim.steps < 0:

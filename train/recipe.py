@@ -15,6 +15,11 @@ Objective per method (DESIGN §7; the loss functions live in ``train/losses.py``
   all, so a λ = 0 TRACE run *is* a GRPO run, step for step.
 - ``skill_sd``: GRPO + λ·k3 on the sampled token against the skill-conditioned teacher.
 - ``opd``: the all-token self-distillation baseline: TRACE's KL channel on every response token.
+- ``trace-fkl`` / ``trace-rkl`` / ``trace-random``: TRACE's ablations (key spans only, error spans
+  only, each response's span tokens moved to random positions).
+
+Each method is a row of ``train.methods.METHODS`` (teacher template, KL channels, λ schedule, loss,
+route transform); the loop reads the row and never compares the method's name.
 
 Departures worth knowing:
 - Gradient accumulation uses global counts: every rank reads the whole global batch (reading is
@@ -36,6 +41,7 @@ import os
 import random
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,6 +53,8 @@ from train import losses as L
 from train.config import TrainConfig, dump, to_dict
 from train.scoring import Scored, ScoringBatch, pack_batch, rows_to_BT, score, span_kl
 from train.shards import BatchStream, ShardReader
+from train.methods import CHANNELS, LOSS_ADAPTERS, ROUTE_TRANSFORMS, Method, StepTensors, channels_of, lambda_at, \
+    lambda_max, method_of
 from train.teacher import Teacher
 
 LOGPROB_CHUNK_ROWS = 512  # rows of [N, V] logits alive at once (log-probs and span KLs)
@@ -100,26 +108,27 @@ def collate(rows: list[dict], prompt_key: str, pad_id: int, device: torch.device
 
 
 # ------------------------------------------------------------------------------------ methods
-# Each method says where it needs full distributions (the KL positions) and what extra inputs its
-# loss takes; the loop itself never branches on the method's name.
+# A method is a row of `train.methods.METHODS`: its KL channels say where full distributions are
+# needed, its loss adapter which pure loss runs; the loop itself never compares the method's name.
 
 
-def _kl_positions(t: dict, cfg: TrainConfig, lam: float, method: str) -> Tensor | None:
-    if lam == 0 or method not in ("trace", "opd"):
-        return None
-    if method == "opd":
-        return t["response_mask_BT"]
-    m = cfg.method
-    return L.active_span_mask(t["route_BT"], t["correct_B"], key=m.key_channel, error=m.error_channel) \
-        & t["response_mask_BT"]
+def kl_masks(t: dict, channels: tuple[str, ...]) -> dict[str, Tensor]:
+    """Per KL direction, the [B, T] positions whose channel is on (`train.methods.CHANNELS`)."""
+    mask_BT = t["response_mask_BT"]
+    out: dict[str, Tensor] = {}
+    for name in channels:
+        route, want_correct, direction = CHANNELS[name]
+        on_BT = mask_BT if route is None else (t["route_BT"] == route) & (t["correct_B"][:, None] == want_correct)
+        out[direction] = out.get(direction, torch.zeros_like(mask_BT)) | (on_BT & mask_BT)
+    return out
 
 
-def _span_kl(t: dict, student: Scored, teacher: Scored, cfg: TrainConfig, method: str
+def _span_kl(masks: dict[str, Tensor], student: Scored, teacher: Scored, term_clip: float | None
              ) -> tuple[Tensor, dict[str, float]]:
-    """KL_t at the selected positions, scattered to [B, T]: forward KL on key spans of correct
-    rollouts, reverse KL on error spans of incorrect ones (OPD: forward everywhere)."""
+    """KL_t at the selected positions, scattered to [B, T], one direction at a time (a position
+    in both directions' masks counts as reverse)."""
     sel_BT = student.select_BT
-    rev_BT = torch.zeros_like(sel_BT) if method == "opd" else sel_BT & (t["route_BT"] == 2) & ~t["correct_B"][:, None]
+    rev_BT = masks.get("reverse", torch.zeros_like(sel_BT)) & sel_BT
     kl_BT = torch.zeros(sel_BT.shape, dtype=torch.float32, device=sel_BT.device)
     stats: dict[str, float] = {}
     for name, part_BT in (("forward", sel_BT & ~rev_BT), ("reverse", rev_BT)):
@@ -127,7 +136,7 @@ def _span_kl(t: dict, student: Scored, teacher: Scored, cfg: TrainConfig, method
             continue
         rows_N = part_BT[sel_BT]  # which of the selected rows belong to this channel
         kl_N = span_kl(_rows(student, rows_N, part_BT), _rows(teacher, rows_N, part_BT), direction=name,
-                       term_clip=cfg.method.term_clip, chunk_rows=LOGPROB_CHUNK_ROWS)
+                       term_clip=term_clip, chunk_rows=LOGPROB_CHUNK_ROWS)
         kl_BT = kl_BT + rows_to_BT(kl_N.float(), part_BT)
         stats[f"kl_{name}_sum"] = float(kl_N.detach().sum())
         stats[f"kl_{name}_n"] = float(kl_N.numel())
@@ -154,22 +163,62 @@ def _teacher_score(teacher: Teacher, wrapped: nn.Module, model: nn.Module, batch
                   hidden_NH=hidden_NH, head=model.get_output_embeddings())
 
 
-def _lambda(cfg: TrainConfig, step: int) -> float:
-    m = cfg.method
-    if m.name == "trace":
-        return L.kl_schedule(step, w0=m.kl_w0, hold=m.kl_hold, end=m.kl_end)
-    if m.name == "opd":
-        return L.kl_schedule(step, w0=m.opd_coef, hold=m.kl_hold, end=m.kl_end)
-    if m.name == "skill_sd":
-        return m.skill_coef
-    return 0.0
-
-
-def teacher_template(cfg: TrainConfig) -> str:
+def teacher_template(cfg: TrainConfig) -> str | None:
+    """The teacher's template: the config's, or the method row's for ``auto`` (None: no teacher)."""
+    row = method_of(cfg.method.name)
+    if row.template is None:
+        return None
     t = cfg.method.teacher_template
-    if t == "auto":
-        return "skill" if cfg.method.name == "skill_sd" else "reference"
-    return t
+    return row.template if t == "auto" else t
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What every micro-batch of a run shares: the method row and the modules it scores with."""
+
+    cfg: TrainConfig
+    row: Method
+    channels: tuple[str, ...]
+    teacher: Teacher
+    wrapped: nn.Module
+    model: nn.Module
+    pad_id: int
+    prompt_key: str
+    device: torch.device
+    world: int
+
+
+def micro_step(ctx: StepContext, mb_rows: list[dict], advantages_B: Tensor, lam: float, *, num_tokens: int,
+               num_seqs: int) -> tuple[Tensor, dict[str, float], dict[str, float], dict, Tensor]:
+    """One micro-batch's loss: score the student (full distributions at the KL positions), the
+    teacher when λ > 0 and the row needs one, then the row's loss adapter.
+    Returns (loss, loss metrics, KL stats, collated tensors, entropies [B, T])."""
+    m, row = ctx.cfg.method, ctx.row
+    t = collate(mb_rows, "prompt_ids", ctx.pad_id, ctx.device)
+    masks = kl_masks(t, ctx.channels) if lam > 0 else {}
+    select_BT = None
+    for mask_BT in masks.values():
+        select_BT = mask_BT if select_BT is None else select_BT | mask_BT
+    b = t["batch"]
+    lp_BT, ent_BT, hidden_NH = ctx.wrapped(b.input_ids_BL, b.attention_mask_BL, b.response_ids_BT,
+                                           b.response_mask_BT, b.pred_pos_BT, select_BT)
+    kl_BT, kl_stats, teacher_lp_BT = torch.zeros_like(lp_BT), {}, None
+    if lam > 0 and (select_BT is not None or row.teacher_logprobs):
+        taught = _teacher_score(ctx.teacher, ctx.wrapped, ctx.model, collate(mb_rows, ctx.prompt_key, ctx.pad_id,
+                                ctx.device)["batch"], select_BT, token_logprobs=row.teacher_logprobs)
+        teacher_lp_BT = taught.logprobs_BT if row.teacher_logprobs else None
+        if select_BT is not None:
+            student = Scored(logprobs_BT=lp_BT, response_mask_BT=t["response_mask_BT"], select_BT=select_BT,
+                             hidden_NH=hidden_NH, head=ctx.model.get_output_embeddings())
+            kl_BT, kl_stats = _span_kl(masks, student, taught, m.term_clip)
+    x = StepTensors(logprobs_BT=lp_BT, old_logprobs_BT=t["old_logprobs_BT"], advantages_B=advantages_B.to(ctx.device),
+                    response_mask_BT=t["response_mask_BT"],
+                    kl_mask_BT=select_BT if select_BT is not None else torch.zeros_like(t["response_mask_BT"]),
+                    kl_BT=kl_BT, teacher_logprobs_BT=teacher_lp_BT, lam=lam, lam_max=lambda_max(row, m),
+                    pg=dict(clip_low=m.clip_low, clip_high=m.clip_high, agg=m.agg, num_tokens=num_tokens,
+                            num_seqs=num_seqs))
+    loss, lm = LOSS_ADAPTERS[row.loss](x)
+    return loss, lm, kl_stats, t, ent_BT
 
 
 # ------------------------------------------------------------------------------------- setup
@@ -412,7 +461,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
     reader = ShardReader(cfg.data.shards)
     template = teacher_template(cfg)
     prompt_key = f"teacher_prompt_ids_{template}"
-    if cfg.method.name != "grpo" and template not in reader.templates:
+    if template is not None and template not in reader.templates:
         raise ValueError(f"shards {cfg.data.shards} have no teacher template {template!r} (they hold "
                          f"{reader.templates}); rebuild them with --template {template}")
     stream = BatchStream(reader, cfg.data.groups_per_step, seed=cfg.data.seed)
@@ -427,54 +476,31 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
         log(f"resumed from {ck} at step {start}" + ("" if same_data else " (new shards: data from their start)"))
     metrics_log = MetricsLog(out, start, cfg.run.tensorboard, enabled=rank == 0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    method = cfg.method.name
-    m = cfg.method
+    row = method_of(cfg.method.name)
+    ctx = StepContext(cfg=cfg, row=row, channels=channels_of(row, cfg.method), teacher=teacher, wrapped=wrapped,
+                      model=model, pad_id=pad_id, prompt_key=prompt_key, device=device, world=world)
     last: dict[str, Any] = {}
 
     # --- the loop
     for step in range(start, cfg.optim.steps):
         t0 = time.perf_counter()
-        rows = stream.next().to_pylist()
+        rows = ROUTE_TRANSFORMS[row.route](stream.next().to_pylist(), cfg.data.seed)
         advantages_B = L.group_advantages(torch.tensor([r["reward"] for r in rows]), [r["group_id"] for r in rows])
         num_tokens = sum(len(r["response_ids"]) for r in rows)  # global counts of this optimizer step
         num_seqs = len(rows)
         lo, hi = rank * len(rows) // world, (rank + 1) * len(rows) // world
         local_idx = list(range(lo, hi))
-        lam = _lambda(cfg, step)
-        needs_teacher = method == "skill_sd" or lam > 0
+        lam = lambda_at(row, cfg.method, step)
         optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         micro = [local_idx[s: s + cfg.data.micro_batch_size] for s in range(0, len(local_idx), cfg.data.micro_batch_size)]
         for k, idx in enumerate(micro):
-            mb_rows = [rows[i] for i in idx]
-            t = collate(mb_rows, "prompt_ids", pad_id, device)
-            select_BT = _kl_positions(t, cfg, lam, method)
             sync_ctx = wrapped.no_sync() if (world > 1 and hasattr(wrapped, "no_sync") and k < len(micro) - 1) \
                 else nullcontext()
             with sync_ctx:
                 with autocast:
-                    b = t["batch"]
-                    lp_BT, ent_BT, hidden_NH = wrapped(b.input_ids_BL, b.attention_mask_BL, b.response_ids_BT,
-                                                       b.response_mask_BT, b.pred_pos_BT, select_BT)
-                    inputs: dict[str, Any] = dict(
-                        logprobs_BT=lp_BT, old_logprobs_BT=t["old_logprobs_BT"],
-                        advantages_B=advantages_B[idx].to(device), response_mask_BT=t["response_mask_BT"],
-                        clip_low=m.clip_low, clip_high=m.clip_high, agg=m.agg, num_tokens=num_tokens,
-                        num_seqs=num_seqs, kl_coef=lam, coef=lam)
-                    kl_stats: dict[str, float] = {}
-                    span_kl_BT = torch.zeros_like(lp_BT)
-                    if needs_teacher:
-                        taught = _teacher_score(teacher, wrapped, model, collate(mb_rows, prompt_key, pad_id,
-                                                device)["batch"], select_BT, token_logprobs=method == "skill_sd")
-                        inputs["teacher_logprobs_BT"] = taught.logprobs_BT
-                        if select_BT is not None:
-                            student = Scored(logprobs_BT=lp_BT, response_mask_BT=t["response_mask_BT"],
-                                             select_BT=select_BT, hidden_NH=hidden_NH, head=model.get_output_embeddings())
-                            span_kl_BT, kl_stats = _span_kl(t, student, taught, cfg, method)
-                    inputs.update(span_mask_BT=select_BT if select_BT is not None else torch.zeros_like(
-                        t["response_mask_BT"]), span_kl_BT=span_kl_BT, token_kl_BT=span_kl_BT,
-                        kl_coef_max=m.kl_w0 if method == "trace" else m.opd_coef)
-                    loss, lm = L.call_loss(method, **inputs)
+                    loss, lm, kl_stats, t, ent_BT = micro_step(ctx, [rows[i] for i in idx], advantages_B[idx], lam,
+                                                               num_tokens=num_tokens, num_seqs=num_seqs)
                 (loss * world).backward()
             _accumulate(sums, lm, kl_stats, t, ent_BT, n_tokens_mb=int(t["response_mask_BT"].sum()),
                         num_tokens=num_tokens, num_seqs=num_seqs)
@@ -502,7 +528,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
         model.save_pretrained(out / "final", state_dict=final_state)
         tokenizer.save_pretrained(out / "final")
         if cfg.run.plot and (out / "metrics.jsonl").exists():
-            plot_metrics(out / "metrics.jsonl", out / "curves.png", title=f"{method} — {out.name}")
+            plot_metrics(out / "metrics.jsonl", out / "curves.png", title=f"{cfg.method.name} — {out.name}")
     return {"out": str(out), "steps": cfg.optim.steps, "last": last}
 
 
