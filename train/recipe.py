@@ -50,7 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from train import losses as L
-from train.config import TrainConfig, dump, to_dict
+from train.config import TrainConfig, check_device, dump, to_dict
 from train.scoring import Scored, ScoringBatch, pack_batch, rows_to_BT, score, span_kl
 from train.shards import BatchStream, ShardReader
 from train.methods import CHANNELS, LOSS_ADAPTERS, ROUTE_TRANSFORMS, Method, StepTensors, channels_of, lambda_at, \
@@ -239,6 +239,17 @@ def setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
+def setup_skill_bank(cfg: TrainConfig, tokenizer: Any, prompt_key: str, out: Path, start: int,
+                     rank: int) -> Any:
+    """The UCB skill router when ``method.skill_bank`` is set (``train.skill_bank``), else None."""
+    if not cfg.method.skill_bank:
+        return None
+    from train.skill_bank import SkillRouter
+
+    return SkillRouter(cfg.method.skill_bank, tokenizer, prompt_key,
+                       out / "teacher_skills.jsonl" if rank == 0 else None, start)
+
+
 def setup_model(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -398,36 +409,69 @@ class MetricsLog:
             self.tb.close()
 
 
-PLOTTED = ("loss", "reward", "lambda", "kl_forward", "kl_reverse", "entropy", "response_length",
-           "clip_frac", "span_token_frac", "grad_norm")
+# curve -> (panel title, y-axis label with its unit)
+PLOTTED: dict[str, tuple[str, str]] = {
+    "loss": ("loss", "loss per token (surrogate + λ·KL)"),
+    "reward": ("reward", "mean reward of the batch"),
+    "lambda": ("λ", "KL coefficient λ"),
+    "kl_forward": ("forward KL (key spans)", "nats / token"),
+    "kl_reverse": ("reverse KL (error spans)", "nats / token"),
+    "kl_sampled_k3": ("sampled-token k3 KL", "nats / token"),
+    "entropy": ("entropy", "nats / token"),
+    "response_length": ("response length", "tokens"),
+    "clip_frac": ("clipped ratios", "fraction of tokens"),
+    "span_token_frac": ("span tokens", "fraction of tokens"),
+    "grad_norm": ("gradient norm", "L2 norm before clipping"),
+}
+KL_CURVES = ("kl_forward", "kl_reverse", "kl_sampled_k3")
 
 
 def plot_metrics(metrics_path: Path, png: Path, title: str = "") -> Path | None:
-    """One PNG with a small panel per curve in ``PLOTTED`` that the run logged."""
+    """One PNG with a small panel per curve in ``PLOTTED`` that the run logged, each with labelled
+    axes and units; a KL panel whose curve ends before the run does says where λ reached 0
+    (the teacher is not run from there on)."""
+    rows = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln]
+    fig = curves_figure(rows, title)
+    if fig is None:
+        return None
+    fig.savefig(png, dpi=80)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return png
+
+
+def curves_figure(rows: list[dict[str, Any]], title: str = "") -> Any:
+    """The figure of `plot_metrics` from metric rows (None when nothing is plottable)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln]
     keys = [k for k in PLOTTED if any(k in r for r in rows)]
     if not rows or not keys:
         return None
     cols = 3
-    fig, axes = plt.subplots(math.ceil(len(keys) / cols), cols, figsize=(4 * cols, 2.6 * math.ceil(len(keys) / cols)),
-                             squeeze=False)
+    n_rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(4.2 * cols, 2.9 * n_rows), squeeze=False)
+    last_step = rows[-1]["step"]
+    lam_zero = next((r["step"] for r in rows if r.get("lambda", 1.0) == 0.0), None)
     for ax, k in zip(axes.flat, keys):
         xs = [r["step"] for r in rows if k in r]
         ax.plot(xs, [r[k] for r in rows if k in r])
-        ax.set_title(k, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
+        ax.set_title(PLOTTED[k][0], fontsize=9)
+        ax.set_xlabel("optimizer step", fontsize=8)
+        ax.set_ylabel(PLOTTED[k][1], fontsize=7)
+        ax.set_xlim(rows[0]["step"], max(last_step, rows[0]["step"] + 1))
+        if k in KL_CURVES and lam_zero is not None and xs and xs[-1] < last_step:
+            ax.axvline(lam_zero, color="grey", linestyle="--", linewidth=0.8)
+            ax.text(0.98, 0.95, f"λ = 0 from step {lam_zero}:\nteacher off, no KL", transform=ax.transAxes,
+                    ha="right", va="top", fontsize=7, color="dimgray")
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(png, dpi=80)
-    plt.close(fig)
-    return png
+    return fig
 
 
 # -------------------------------------------------------------------------------------- train
@@ -442,12 +486,16 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
     step's metrics (for progress bars). Returns ``{"out", "steps", "last": metrics}``.
     """
     # --- setup
+    check_device(cfg)
     rank, world, device = setup_distributed(cfg)
     out = Path(cfg.run.out)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(dump(cfg))
-        log(f"config:\n{dump(cfg)}")
+    reader = ShardReader(cfg.data.shards)
+    template = teacher_template(cfg)
+    prompt_key = f"teacher_prompt_ids_{template}"
+    if template is not None and template not in reader.templates:
+        raise ValueError(f"shards {cfg.data.shards} have no teacher template {template!r} (they hold "
+                         f"{reader.templates}); rebuild them with --template {template}")
+    stream = BatchStream(reader, cfg.data.groups_per_step, seed=cfg.data.seed)
     torch.manual_seed(cfg.optim.seed)
     model, tokenizer = setup_model(cfg, device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -458,13 +506,6 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
     wrapped = wrap_distributed(PolicyScorer(model), cfg, world, device)
     optimizer = torch.optim.AdamW(wrapped.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
-    reader = ShardReader(cfg.data.shards)
-    template = teacher_template(cfg)
-    prompt_key = f"teacher_prompt_ids_{template}"
-    if template is not None and template not in reader.templates:
-        raise ValueError(f"shards {cfg.data.shards} have no teacher template {template!r} (they hold "
-                         f"{reader.templates}); rebuild them with --template {template}")
-    stream = BatchStream(reader, cfg.data.groups_per_step, seed=cfg.data.seed)
     start = 0
     ck = latest_checkpoint(out)
     if ck is not None:
@@ -474,6 +515,11 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
         start = load_checkpoint(ck, wrapped=wrapped, optimizer=optimizer, teacher=teacher, stream=stream,
                                 world=world, same_data=same_data)
         log(f"resumed from {ck} at step {start}" + ("" if same_data else " (new shards: data from their start)"))
+    router = setup_skill_bank(cfg, tokenizer, prompt_key, out, start, rank)
+    if rank == 0:  # only now: a start that fails above leaves no folder or config.yaml behind
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump(cfg))
+        log(f"config:\n{dump(cfg)}")
     metrics_log = MetricsLog(out, start, cfg.run.tensorboard, enabled=rank == 0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     row = method_of(cfg.method.name)
@@ -485,6 +531,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
     for step in range(start, cfg.optim.steps):
         t0 = time.perf_counter()
         rows = ROUTE_TRANSFORMS[row.route](stream.next().to_pylist(), cfg.data.seed)
+        rows, bank_metrics = router.assign(rows, step) if router is not None else (rows, {})
         advantages_B = L.group_advantages(torch.tensor([r["reward"] for r in rows]), [r["group_id"] for r in rows])
         num_tokens = sum(len(r["response_ids"]) for r in rows)  # global counts of this optimizer step
         num_seqs = len(rows)
@@ -510,6 +557,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
         sums = _all_reduce(sums, world, device)
         metrics = _finish_metrics(sums, step=step, lam=lam, grad_norm=float(grad_norm), rows=rows,
                                   seconds=time.perf_counter() - t0, lr=cfg.optim.lr)
+        metrics.update(bank_metrics)
         metrics_log.write(metrics)
         last = metrics
         if on_step is not None:
@@ -520,6 +568,8 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
                             optimizer=optimizer, teacher=teacher, stream=stream, cfg=cfg, world=world, rank=rank)
             if rank == 0:
                 _prune(out / "checkpoints", cfg.run.keep_checkpoints)
+                if router is not None:  # the bank's arms move with the checkpoint (exact resume)
+                    router.save()
 
     # --- cleanup
     metrics_log.close()
