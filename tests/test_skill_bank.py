@@ -54,7 +54,7 @@ def test_ucb_moves_toward_the_skill_whose_rounds_earn_more(tmp_path, good_first)
         picked_good = shown == {skill_sha(GOOD)}
         picks.append(picked_good)
         reward = 0.8 if picked_good else 0.2
-    assert sum(picks[:10]) <= 7  # both arms are explored early
+    assert 0 < sum(picks[:10]) < 10  # both arms are explored early
     assert sum(picks[-20:]) >= 17, picks  # UCB1 with c = 1: the 0.2-arm is pulled ever more rarely
     router.save()
     arms = SkillBank.load(bank).arms["p"]
