@@ -74,7 +74,8 @@ def test_the_rebuilt_teacher_prompt_equals_the_shards_one(toy):
     rows = ShardReader(shards).table.to_pylist()
     skill = json.dumps({"golden_workflow": "compute one step per line, then Answer: N"})  # the fixture's
     for r in rows:
-        text = splice_privileged(tok, tok.decode(r["prompt_ids"], skip_special_tokens=False),
+        text = splice_privileged(tok, tok.decode(r["prompt_ids"], skip_special_tokens=False,
+                                                 clean_up_tokenization_spaces=False),
                                  render_privileged({"skill": skill}, "skill"))
         assert tok(text, add_special_tokens=False)["input_ids"] == r["teacher_prompt_ids_skill"]
 

@@ -93,7 +93,8 @@ class SkillRouter:
     def _teacher_ids(self, prompt_ids: list[int], skill: str) -> list[int]:
         key = tuple(prompt_ids)
         if key not in self._prompt_text:
-            self._prompt_text[key] = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
+            self._prompt_text[key] = self.tokenizer.decode(prompt_ids, skip_special_tokens=False,
+                                                           clean_up_tokenization_spaces=False)
         text = splice_privileged(self.tokenizer, self._prompt_text[key], render_privileged({"skill": skill}, "skill"))
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
