@@ -44,10 +44,10 @@ def build_shards(policy: str, out: Path, prompts: int = 64, group: int = 8) -> P
     gen = HFGenerator.from_pretrained(policy, model_name="toy", device="cpu", batch_size=128)
     table = generate_rollouts(gen, toy_prompt_records(problems, gen.tokenizer), n=group,
                               sampling=Sampling(temperature=1.0, max_new_tokens=MAX_NEW_TOKENS), seed=0)
-    ann = rule_annotations(table)
-    table = table.drop_columns(["spans", "error_type"]).join(ann, "rollout_id")
-    sk = rule_skills(table)
-    table = table.drop_columns(["skill"]).join(sk, "rollout_id")
+    for part in (rule_annotations(table), rule_skills(table)):  # rows in the table's order
+        assert part["rollout_id"].equals(table["rollout_id"])
+        for name in part.column_names[1:]:
+            table = table.set_column(table.schema.get_field_index(name), table.schema.field(name), part[name])
     build_shards_from_table(table, policy, out, source={"test": "configs"},
                             templates=("reference", "error_type", "skill"))
     return out
