@@ -117,6 +117,9 @@ class SkillBank:
 
     c: float = 1.0
     arms: dict[str, list[Arm]] = field(default_factory=dict)
+    # the arm the teacher last used per prompt, credited with the student's reward when the prompt
+    # comes back (train.skill_bank): the reward a skill earns is the one the student earns after it
+    pending: dict[str, int] = field(default_factory=dict)
 
     def add(self, prompt_id: str, skill: str) -> None:
         arms = self.arms.setdefault(prompt_id, [])
@@ -149,12 +152,16 @@ class SkillBank:
         return bank
 
     def save(self, path: str | Path) -> None:
-        data = {"c": self.c, "arms": {p: [a.__dict__ for a in arms] for p, arms in self.arms.items()}}
-        Path(path).write_text(json.dumps(data, ensure_ascii=False, indent=1))
+        data = {"c": self.c, "arms": {p: [a.__dict__ for a in arms] for p, arms in self.arms.items()},
+                "pending": self.pending}
+        tmp = Path(f"{path}.tmp")
+        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1))
+        tmp.replace(path)  # a kill mid-save leaves the previous bank
 
     @classmethod
     def load(cls, path: str | Path) -> "SkillBank":
         data = json.loads(Path(path).read_text())
-        return cls(c=data["c"], arms={p: [Arm(**a) for a in arms] for p, arms in data["arms"].items()})
+        return cls(c=data["c"], arms={p: [Arm(**a) for a in arms] for p, arms in data["arms"].items()},
+                   pending={p: int(i) for p, i in data.get("pending", {}).items()})
 
 

@@ -27,7 +27,7 @@ from datastore.cli import app as data_app  # noqa: E402
 from spans.cli import app as spans_app  # noqa: E402
 from train.cli_names import rewrite_aliases, version_line  # noqa: E402
 from train.cli_rollouts import app as rollouts_app  # noqa: E402
-from train.cli_train import demo, shards_app, train  # noqa: E402
+from train.cli_train import demo, eval_, shards_app, train, train_help  # noqa: E402
 
 app = typer.Typer(
     name="spanroute",
@@ -67,7 +67,8 @@ app.add_typer(annotate_app, name="annotate", help="Mark key/error spans by API m
 app.add_typer(skills_app, name="skills", help="Condense trajectories into Skill-SD skill summaries.")
 app.add_typer(ls_app, name="ls", help="Human span correction in Label Studio: serve, push, pull, status.")
 app.add_typer(shards_app, name="shards", help="Turn a datastore version into span-tagged training shards.")
-app.command("train", help="Train with TRACE, Skill-SD, GRPO or all-token OPD from a YAML config.")(train)
+app.command("train", help=train_help())(train)
+app.command("eval", help="Held-out accuracy (sampled, greedy), response length and entropy of a checkpoint.")(eval_)
 app.command("demo", help="Run the whole flow on the embedded toy world (no GPU, key or server).")(demo)
 
 err_console = Console(stderr=True, soft_wrap=True)  # one error, one line: never wrap it

@@ -52,6 +52,14 @@ def build_(
                f"{manifest['span_token_fraction']:.1%}, routes by source {manifest['rows_by_span_source']})")
 
 
+def train_help() -> str:
+    """The train command's help: what it does, then every config field with default and meaning."""
+    from train.config import fields_help
+
+    return ("Train with TRACE, Skill-SD, GRPO or all-token OPD from a YAML config (train/configs/ has "
+            "examples) and section.field=value overrides.\n\nConfig fields (section.field = default  meaning):\n\n\b\n" + fields_help())
+
+
 def train(
     config: str = typer.Argument(None, help="A YAML config file, or a shipped config by name: toy_trace, "
                                  "toy_grpo, toy_skill_sd, qwen3_1p7b_trace, qwen3_8b_trace_fsdp. Optional: "
@@ -80,7 +88,7 @@ def train(
     """
     import os
 
-    from train.config import load_config, replace
+    from train.config import check_device, load_config, replace
     from train.model_names import resolve_config, resolve_model
 
     items = list(overrides or [])
@@ -90,6 +98,7 @@ def train(
     cfg = load_config(None if config is None else resolve_config(config), items)
     if cfg.model.path:  # `toy` / `smollm2` as everywhere else; the written config.yaml names the folder
         cfg = replace(cfg, model={"path": resolve_model(cfg.model.path, "model.path")})
+    check_device(cfg)  # before any import or write that a wrong device would waste
     rank0 = int(os.environ.get("RANK", "0")) == 0
     log = (lambda s: None) if quiet or not rank0 else (lambda s: typer.echo(s))
     if online:
@@ -112,6 +121,54 @@ def train(
                 task, completed=m["step"] + 1, description=f"{cfg.method.name} loss {m['loss']:+.3f} "
                 f"reward {m['reward']:.2f}"))
     log(f"done: {res['steps']} steps -> {res['out']} (metrics.jsonl, curves.png, final/)")
+
+
+def eval_(
+    model: str = typer.Option(..., "--model", help="Policy folder (model + tokenizer), e.g. runs/toy/trace/final; "
+                              "`toy` = the shipped toy policy."),
+    toy: int = typer.Option(None, "--toy", help="N held-out toy problems (default 200 when --prompts is not given)."),
+    toy_seed: int = typer.Option(None, "--toy-seed", help="Seed of the --toy problems (default: the held-out seed, "
+                                 "never trained on)."),
+    prompts: str = typer.Option(None, "--prompts", help="Prompt source instead: .jsonl, .parquet or a datasets folder "
+                                "(see `rollouts generate --help` for its columns)."),
+    mapping: list[str] = typer.Option([], "--map", help="SOURCE_COLUMN=FIELD for --prompts, repeatable."),
+    split: str = typer.Option(None, "--split", help="Split of a DatasetDict folder."),
+    verifier: str = typer.Option("toy-int", "--verifier", help="toy-int, last-int or math (as `rollouts generate`)."),
+    limit: int = typer.Option(None, "--limit", help="Only the first N prompts."),
+    n: int = typer.Option(4, "-n", "--samples", help="Sampled answers per prompt (temperature 1)."),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", help="Response length cap, in tokens."),
+    seed: int = typer.Option(1, "--seed", help="Sampling seed (the same seed gives the same samples)."),
+    device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the metrics to this JSON file."),
+) -> None:
+    """Held-out accuracy (sampled and greedy), response length and entropy of a checkpoint.
+
+    Example: spanroute eval --model runs/toy/trace/final   (compare with --model toy, the start)
+    """
+    import json
+
+    import torch
+
+    from train.cli_rollouts import resolve_model, setup_prompts
+    from train.evaluate import evaluate_records
+    from train.rollout import HFGenerator
+    from train.toy import TOY_EVAL_SEED
+
+    path = resolve_model(model)
+    if prompts is None and toy is None:
+        toy = 200
+    torch.manual_seed(seed)
+    gen = HFGenerator.from_pretrained(path, model_name="eval", device=device, batch_size=128)
+    records, source = setup_prompts(prompts, toy, TOY_EVAL_SEED if toy_seed is None else toy_seed, gen.tokenizer,
+                                    mapping, split, None, limit)
+    m = evaluate_records(gen, records, n=n, max_new_tokens=max_new_tokens, seed=seed, verifier=verifier)
+    typer.echo(f"{path}: {m['prompts']} prompts × {n} samples\n"
+               f"  accuracy (sampled, T=1)  {m['accuracy']:.3f} ± {m['stderr']:.3f} (binomial s.e.)\n"
+               f"  accuracy (greedy)        {m['greedy_accuracy']:.3f}\n"
+               f"  response length          {m['response_length']:.1f} tokens\n"
+               f"  entropy                  {m['entropy']:.3f} nats/token")
+    if json_out is not None:
+        json_out.write_text(json.dumps({**m, "model": path, "source": source, "samples": n, "seed": seed}, indent=1))
 
 
 def demo(

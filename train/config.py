@@ -17,6 +17,7 @@ written whole to ``<run.out>/config.yaml`` and printed at the start of every run
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,10 @@ import yaml
 
 from train.tracking import check_report_to
 
-METHODS = ("trace", "skill_sd", "grpo", "opd")
 TEACHER_SYNCS = ("copy", "ema", "live")
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+DTYPES = ("float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class DataConfig:
 class MethodConfig:
     """The objective (DESIGN §7). Defaults are TRACE's published ones."""
 
-    name: str = "trace"  # trace | skill_sd | grpo | opd
+    name: str = "trace"  # a row of train.methods.METHODS
     clip_low: float = 0.2
     clip_high: float = 0.28  # DAPO clip-higher
     agg: str = "token-mean"
@@ -68,8 +70,9 @@ class MethodConfig:
     opd_coef: float = 0.5
     # Skill-SD
     skill_coef: float = 0.001
+    skill_bank: str = ""  # a skill-bank JSON (`skills extract --bank`): the teacher's skill per prompt by UCB
     # the teacher: which privileged template, and how it follows the student
-    teacher_template: str = "reference"  # reference | error_type | skill
+    teacher_template: str = "auto"  # auto (the method's own) | reference | error_type | skill | reference+error
     teacher_sync: str = "copy"  # copy every `sync_every` steps | ema | live
     sync_every: int = 10
     ema_decay: float = 0.99
@@ -108,6 +111,63 @@ class TrainConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+
+# What each field means, for `spanroute train --help` (a test checks every field has a line).
+HELP: dict[str, str] = {
+    "model.path": "the policy: a save_pretrained folder (model + tokenizer)",
+    "model.dtype": "weights dtype; on GPU the forward also runs under bf16 autocast",
+    "model.gradient_checkpointing": "recompute activations in the backward (less memory, ~30% slower)",
+    "data.shards": "span-tagged shards folder (`spanroute shards build`)",
+    "data.groups_per_step": "prompt groups per optimizer step (a step's batch is whole groups)",
+    "data.micro_batch_size": "rollouts per forward/backward; loss normalisation stays global",
+    "data.seed": "shuffle seed; epoch e uses seed + e",
+    "method.name": "the objective, a row of train/methods.py",
+    "method.clip_low": "ε_lo of the clipped ratio",
+    "method.clip_high": "ε_hi of the clipped ratio (DAPO clip-higher)",
+    "method.agg": "how token losses are averaged",
+    "method.kl_w0": "TRACE λ before kl_hold (span tokens' policy-gradient weight is 1 − λ/kl_w0)",
+    "method.kl_hold": "optimizer steps λ stays at its base value",
+    "method.kl_end": "step at which λ reaches 0 (linear from kl_hold); the teacher is not run after",
+    "method.key_channel": "trace: forward KL on key spans of correct rollouts",
+    "method.error_channel": "trace: reverse KL on error spans of incorrect rollouts",
+    "method.term_clip": "pointwise clip of each vocabulary KL term (e.g. 0.05); null: none",
+    "method.opd_coef": "opd: λ's base value of the all-token KL (same schedule as TRACE)",
+    "method.skill_coef": "skill_sd: constant λ of the sampled-token k3 term",
+    "method.skill_bank": "skill_sd: skill-bank JSON; the teacher's skill per prompt by UCB (empty: each row's skill)",
+    "method.teacher_template": "the teacher's privileged prompt; auto: the method's own",
+    "method.teacher_sync": "how the teacher follows the student: copy every sync_every steps, EMA, or live",
+    "method.sync_every": "copy teacher: optimizer steps between refreshes",
+    "method.ema_decay": "ema teacher: θ_T ← d·θ_T + (1 − d)·θ_S after each step",
+    "optim.lr": "AdamW learning rate",
+    "optim.weight_decay": "AdamW weight decay",
+    "optim.betas": "AdamW betas",
+    "optim.grad_clip": "gradient-norm clip",
+    "optim.steps": "optimizer steps in total (a resumed run continues to this)",
+    "optim.seed": "torch seed",
+    "run.out": "output folder: config.yaml, metrics.jsonl, curves.png, checkpoints/, final/",
+    "run.checkpoint_every": "steps between checkpoints; 0: only at the end",
+    "run.keep_checkpoints": "checkpoints kept on disk",
+    "run.tensorboard": "also log to <run.out>/tb",
+    "run.plot": "write curves.png at the end",
+    "run.device": "auto: cuda when torch sees one, else cpu",
+    "run.distributed": "under torchrun: ddp or fsdp (FSDP2)",
+}
+
+
+def fields_help() -> str:
+    """Every config field with its default, meaning and choices, one per line (for --help)."""
+    fixed = choices(aliases=False)
+    lines = []
+    for section, cls in _SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            key = f"{section}.{f.name}"
+            default = getattr(cls(), f.name)
+            shown = list(default) if isinstance(default, tuple) else default
+            extra = f" (one of: {' | '.join(fixed[key])})" if key in fixed else ""
+            lines.append(f"  {key} = {yaml.safe_dump(shown, default_flow_style=True).strip().removesuffix('...').strip()}"
+                         f"  {HELP[key]}{extra}")
+    return "\n".join(lines)
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -183,17 +243,36 @@ def from_dict(d: dict[str, Any]) -> TrainConfig:
     return cfg
 
 
+def choices(aliases: bool = True) -> dict[str, tuple[str, ...]]:
+    """Every field whose value is one of a fixed set, with that set (methods and teacher
+    templates from their own tables; `aliases=False`: method names without their aliases)."""
+    from train.methods import METHODS, NAMES
+    from train.teacher_templates import TEACHER_TEMPLATES
+
+    return {"model.dtype": DTYPES, "method.name": NAMES if aliases else tuple(METHODS), "method.agg": AGGREGATIONS,
+            "method.teacher_sync": TEACHER_SYNCS, "method.teacher_template": ("auto", *TEACHER_TEMPLATES),
+            "run.device": DEVICES, "run.distributed": ("ddp", "fsdp")}
+
+
+def _not_one_of(name: str, value: Any, allowed: tuple[str, ...]) -> ValueError:
+    near = difflib.get_close_matches(str(value), allowed, n=1, cutoff=0.6)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    return ValueError(f"{name}={value!r} is not one of {', '.join(allowed)}{hint}")
+
+
 def validate(cfg: TrainConfig) -> None:
-    """Refuse values the loop cannot honour, naming the field."""
+    """Refuse values the loop cannot honour, naming the field, the choices and the nearest one."""
+    from train.methods import method_of
+
+    for key, allowed in choices().items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise _not_one_of(key, value, allowed)
     m = cfg.method
-    if m.name not in METHODS:
-        raise ValueError(f"method.name must be one of {', '.join(METHODS)}, got {m.name!r}")
-    if m.teacher_sync not in TEACHER_SYNCS:
-        raise ValueError(f"method.teacher_sync must be one of {', '.join(TEACHER_SYNCS)}, got {m.teacher_sync!r}")
-    if m.agg not in AGGREGATIONS:
-        raise ValueError(f"method.agg must be one of {', '.join(AGGREGATIONS)}, got {m.agg!r}")
-    if m.name == "trace" and not (m.key_channel or m.error_channel):
-        raise ValueError("method: TRACE needs key_channel or error_channel (or both) switched on")
+    row = method_of(m.name)
+    if row.channels is None and not (m.key_channel or m.error_channel):
+        raise ValueError(f"method: {m.name} needs key_channel or error_channel (or both) switched on")
     if cfg.data.groups_per_step < 1 or cfg.data.micro_batch_size < 1:
         raise ValueError("data.groups_per_step and data.micro_batch_size must be >= 1")
     if cfg.optim.steps < 0:
@@ -201,6 +280,26 @@ def validate(cfg: TrainConfig) -> None:
     check_report_to(cfg.run.report_to)
     if cfg.run.distributed not in ("ddp", "fsdp"):
         raise ValueError(f"run.distributed must be ddp or fsdp, got {cfg.run.distributed!r}")
+    if m.kl_end < m.kl_hold:
+        raise ValueError(f"method.kl_end ({m.kl_end}) must be >= method.kl_hold ({m.kl_hold})")
+    if m.skill_bank and (row.template is None or (m.teacher_template if m.teacher_template != "auto"
+                                                   else row.template) != "skill"):
+        raise ValueError(f"method.skill_bank needs a teacher on the skill template (method.name=skill_sd); "
+                         f"{m.name} with teacher_template={m.teacher_template} has none")
+    if m.sync_every < 1 or not 0.0 <= m.ema_decay <= 1.0:
+        raise ValueError("method.sync_every must be >= 1 and method.ema_decay in [0, 1]")
+
+
+def check_device(cfg: TrainConfig) -> None:
+    """Refuse ``run.device=cuda`` where this torch sees no CUDA device (before anything is written)."""
+    if cfg.run.device != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise ValueError(f"run.device=cuda but torch {torch.__version__} ({build}) sees no CUDA device; "
+                         "use run.device=cpu or run.device=auto")
 
 
 def apply_overrides(d: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:

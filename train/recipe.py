@@ -15,6 +15,11 @@ Objective per method (DESIGN §7; the loss functions live in ``train/losses.py``
   all, so a λ = 0 TRACE run *is* a GRPO run, step for step.
 - ``skill_sd``: GRPO + λ·k3 on the sampled token against the skill-conditioned teacher.
 - ``opd``: the all-token self-distillation baseline: TRACE's KL channel on every response token.
+- ``trace-fkl`` / ``trace-rkl`` / ``trace-random``: TRACE's ablations (key spans only, error spans
+  only, each response's span tokens moved to random positions).
+
+Each method is a row of ``train.methods.METHODS`` (teacher template, KL channels, λ schedule, loss,
+route transform); the loop reads the row and never compares the method's name.
 
 Departures worth knowing:
 - Gradient accumulation uses global counts: every rank reads the whole global batch (reading is
@@ -36,6 +41,7 @@ import os
 import random
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,10 +50,12 @@ import torch
 from torch import Tensor, nn
 
 from train import losses as L
-from train.config import TrainConfig, dump, to_dict
+from train.config import TrainConfig, check_device, dump, to_dict
 from train.model_names import resolve_model
 from train.scoring import Scored, ScoringBatch, pack_batch, rows_to_BT, score, span_kl
 from train.shards import BatchStream, ShardReader, check_tokenizer
+from train.methods import CHANNELS, LOSS_ADAPTERS, ROUTE_TRANSFORMS, Method, StepTensors, channels_of, lambda_at, \
+    lambda_max, method_of
 from train.teacher import Teacher
 from train.tracking import with_trackers
 
@@ -102,26 +110,27 @@ def collate(rows: list[dict], prompt_key: str, pad_id: int, device: torch.device
 
 
 # ------------------------------------------------------------------------------------ methods
-# Each method says where it needs full distributions (the KL positions) and what extra inputs its
-# loss takes; the loop itself never branches on the method's name.
+# A method is a row of `train.methods.METHODS`: its KL channels say where full distributions are
+# needed, its loss adapter which pure loss runs; the loop itself never compares the method's name.
 
 
-def _kl_positions(t: dict, cfg: TrainConfig, lam: float, method: str) -> Tensor | None:
-    if lam == 0 or method not in ("trace", "opd"):
-        return None
-    if method == "opd":
-        return t["response_mask_BT"]
-    m = cfg.method
-    return L.active_span_mask(t["route_BT"], t["correct_B"], key=m.key_channel, error=m.error_channel) \
-        & t["response_mask_BT"]
+def kl_masks(t: dict, channels: tuple[str, ...]) -> dict[str, Tensor]:
+    """Per KL direction, the [B, T] positions whose channel is on (`train.methods.CHANNELS`)."""
+    mask_BT = t["response_mask_BT"]
+    out: dict[str, Tensor] = {}
+    for name in channels:
+        route, want_correct, direction = CHANNELS[name]
+        on_BT = mask_BT if route is None else (t["route_BT"] == route) & (t["correct_B"][:, None] == want_correct)
+        out[direction] = out.get(direction, torch.zeros_like(mask_BT)) | (on_BT & mask_BT)
+    return out
 
 
-def _span_kl(t: dict, student: Scored, teacher: Scored, cfg: TrainConfig, method: str
+def _span_kl(masks: dict[str, Tensor], student: Scored, teacher: Scored, term_clip: float | None
              ) -> tuple[Tensor, dict[str, float]]:
-    """KL_t at the selected positions, scattered to [B, T]: forward KL on key spans of correct
-    rollouts, reverse KL on error spans of incorrect ones (OPD: forward everywhere)."""
+    """KL_t at the selected positions, scattered to [B, T], one direction at a time (a position
+    in both directions' masks counts as reverse)."""
     sel_BT = student.select_BT
-    rev_BT = torch.zeros_like(sel_BT) if method == "opd" else sel_BT & (t["route_BT"] == 2) & ~t["correct_B"][:, None]
+    rev_BT = masks.get("reverse", torch.zeros_like(sel_BT)) & sel_BT
     kl_BT = torch.zeros(sel_BT.shape, dtype=torch.float32, device=sel_BT.device)
     stats: dict[str, float] = {}
     for name, part_BT in (("forward", sel_BT & ~rev_BT), ("reverse", rev_BT)):
@@ -129,7 +138,7 @@ def _span_kl(t: dict, student: Scored, teacher: Scored, cfg: TrainConfig, method
             continue
         rows_N = part_BT[sel_BT]  # which of the selected rows belong to this channel
         kl_N = span_kl(_rows(student, rows_N, part_BT), _rows(teacher, rows_N, part_BT), direction=name,
-                       term_clip=cfg.method.term_clip, chunk_rows=LOGPROB_CHUNK_ROWS)
+                       term_clip=term_clip, chunk_rows=LOGPROB_CHUNK_ROWS)
         kl_BT = kl_BT + rows_to_BT(kl_N.float(), part_BT)
         stats[f"kl_{name}_sum"] = float(kl_N.detach().sum())
         stats[f"kl_{name}_n"] = float(kl_N.numel())
@@ -156,22 +165,62 @@ def _teacher_score(teacher: Teacher, wrapped: nn.Module, model: nn.Module, batch
                   hidden_NH=hidden_NH, head=model.get_output_embeddings())
 
 
-def _lambda(cfg: TrainConfig, step: int) -> float:
-    m = cfg.method
-    if m.name == "trace":
-        return L.kl_schedule(step, w0=m.kl_w0, hold=m.kl_hold, end=m.kl_end)
-    if m.name == "opd":
-        return L.kl_schedule(step, w0=m.opd_coef, hold=m.kl_hold, end=m.kl_end)
-    if m.name == "skill_sd":
-        return m.skill_coef
-    return 0.0
-
-
-def teacher_template(cfg: TrainConfig) -> str:
+def teacher_template(cfg: TrainConfig) -> str | None:
+    """The teacher's template: the config's, or the method row's for ``auto`` (None: no teacher)."""
+    row = method_of(cfg.method.name)
+    if row.template is None:
+        return None
     t = cfg.method.teacher_template
-    if t == "auto":
-        return "skill" if cfg.method.name == "skill_sd" else "reference"
-    return t
+    return row.template if t == "auto" else t
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What every micro-batch of a run shares: the method row and the modules it scores with."""
+
+    cfg: TrainConfig
+    row: Method
+    channels: tuple[str, ...]
+    teacher: Teacher
+    wrapped: nn.Module
+    model: nn.Module
+    pad_id: int
+    prompt_key: str
+    device: torch.device
+    world: int
+
+
+def micro_step(ctx: StepContext, mb_rows: list[dict], advantages_B: Tensor, lam: float, *, num_tokens: int,
+               num_seqs: int) -> tuple[Tensor, dict[str, float], dict[str, float], dict, Tensor]:
+    """One micro-batch's loss: score the student (full distributions at the KL positions), the
+    teacher when λ > 0 and the row needs one, then the row's loss adapter.
+    Returns (loss, loss metrics, KL stats, collated tensors, entropies [B, T])."""
+    m, row = ctx.cfg.method, ctx.row
+    t = collate(mb_rows, "prompt_ids", ctx.pad_id, ctx.device)
+    masks = kl_masks(t, ctx.channels) if lam > 0 else {}
+    select_BT = None
+    for mask_BT in masks.values():
+        select_BT = mask_BT if select_BT is None else select_BT | mask_BT
+    b = t["batch"]
+    lp_BT, ent_BT, hidden_NH = ctx.wrapped(b.input_ids_BL, b.attention_mask_BL, b.response_ids_BT,
+                                           b.response_mask_BT, b.pred_pos_BT, select_BT)
+    kl_BT, kl_stats, teacher_lp_BT = torch.zeros_like(lp_BT), {}, None
+    if lam > 0 and (select_BT is not None or row.teacher_logprobs):
+        taught = _teacher_score(ctx.teacher, ctx.wrapped, ctx.model, collate(mb_rows, ctx.prompt_key, ctx.pad_id,
+                                ctx.device)["batch"], select_BT, token_logprobs=row.teacher_logprobs)
+        teacher_lp_BT = taught.logprobs_BT if row.teacher_logprobs else None
+        if select_BT is not None:
+            student = Scored(logprobs_BT=lp_BT, response_mask_BT=t["response_mask_BT"], select_BT=select_BT,
+                             hidden_NH=hidden_NH, head=ctx.model.get_output_embeddings())
+            kl_BT, kl_stats = _span_kl(masks, student, taught, m.term_clip)
+    x = StepTensors(logprobs_BT=lp_BT, old_logprobs_BT=t["old_logprobs_BT"], advantages_B=advantages_B.to(ctx.device),
+                    response_mask_BT=t["response_mask_BT"],
+                    kl_mask_BT=select_BT if select_BT is not None else torch.zeros_like(t["response_mask_BT"]),
+                    kl_BT=kl_BT, teacher_logprobs_BT=teacher_lp_BT, lam=lam, lam_max=lambda_max(row, m),
+                    pg=dict(clip_low=m.clip_low, clip_high=m.clip_high, agg=m.agg, num_tokens=num_tokens,
+                            num_seqs=num_seqs))
+    loss, lm = LOSS_ADAPTERS[row.loss](x)
+    return loss, lm, kl_stats, t, ent_BT
 
 
 # ------------------------------------------------------------------------------------- setup
@@ -190,6 +239,17 @@ def setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
         torch.cuda.set_device(local)
         return rank, world, torch.device("cuda", local)
     return rank, world, torch.device("cpu")
+
+
+def setup_skill_bank(cfg: TrainConfig, tokenizer: Any, prompt_key: str, out: Path, start: int,
+                     rank: int) -> Any:
+    """The UCB skill router when ``method.skill_bank`` is set (``train.skill_bank``), else None."""
+    if not cfg.method.skill_bank:
+        return None
+    from train.skill_bank import SkillRouter
+
+    return SkillRouter(cfg.method.skill_bank, tokenizer, prompt_key,
+                       out / "teacher_skills.jsonl" if rank == 0 else None, start)
 
 
 def setup_model(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, Any]:
@@ -350,36 +410,69 @@ class MetricsLog:
             self.tb.close()
 
 
-PLOTTED = ("loss", "reward", "lambda", "kl_forward", "kl_reverse", "entropy", "response_length",
-           "clip_frac", "span_token_frac", "grad_norm")
+# curve -> (panel title, y-axis label with its unit)
+PLOTTED: dict[str, tuple[str, str]] = {
+    "loss": ("loss", "loss per token (surrogate + λ·KL)"),
+    "reward": ("reward", "mean reward of the batch"),
+    "lambda": ("λ", "KL coefficient λ"),
+    "kl_forward": ("forward KL (key spans)", "nats / token"),
+    "kl_reverse": ("reverse KL (error spans)", "nats / token"),
+    "kl_sampled_k3": ("sampled-token k3 KL", "nats / token"),
+    "entropy": ("entropy", "nats / token"),
+    "response_length": ("response length", "tokens"),
+    "clip_frac": ("clipped ratios", "fraction of tokens"),
+    "span_token_frac": ("span tokens", "fraction of tokens"),
+    "grad_norm": ("gradient norm", "L2 norm before clipping"),
+}
+KL_CURVES = ("kl_forward", "kl_reverse", "kl_sampled_k3")
 
 
 def plot_metrics(metrics_path: Path, png: Path, title: str = "") -> Path | None:
-    """One PNG with a small panel per curve in ``PLOTTED`` that the run logged."""
+    """One PNG with a small panel per curve in ``PLOTTED`` that the run logged, each with labelled
+    axes and units; a KL panel whose curve ends before the run does says where λ reached 0
+    (the teacher is not run from there on)."""
+    rows = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln]
+    fig = curves_figure(rows, title)
+    if fig is None:
+        return None
+    fig.savefig(png, dpi=80)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return png
+
+
+def curves_figure(rows: list[dict[str, Any]], title: str = "") -> Any:
+    """The figure of `plot_metrics` from metric rows (None when nothing is plottable)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln]
     keys = [k for k in PLOTTED if any(k in r for r in rows)]
     if not rows or not keys:
         return None
     cols = 3
-    fig, axes = plt.subplots(math.ceil(len(keys) / cols), cols, figsize=(4 * cols, 2.6 * math.ceil(len(keys) / cols)),
-                             squeeze=False)
+    n_rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(4.2 * cols, 2.9 * n_rows), squeeze=False)
+    last_step = rows[-1]["step"]
+    lam_zero = next((r["step"] for r in rows if r.get("lambda", 1.0) == 0.0), None)
     for ax, k in zip(axes.flat, keys):
         xs = [r["step"] for r in rows if k in r]
         ax.plot(xs, [r[k] for r in rows if k in r])
-        ax.set_title(k, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
+        ax.set_title(PLOTTED[k][0], fontsize=9)
+        ax.set_xlabel("optimizer step", fontsize=8)
+        ax.set_ylabel(PLOTTED[k][1], fontsize=7)
+        ax.set_xlim(rows[0]["step"], max(last_step, rows[0]["step"] + 1))
+        if k in KL_CURVES and lam_zero is not None and xs and xs[-1] < last_step:
+            ax.axvline(lam_zero, color="grey", linestyle="--", linewidth=0.8)
+            ax.text(0.98, 0.95, f"λ = 0 from step {lam_zero}:\nteacher off, no KL", transform=ax.transAxes,
+                    ha="right", va="top", fontsize=7, color="dimgray")
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(png, dpi=80)
-    plt.close(fig)
-    return png
+    return fig
 
 
 # -------------------------------------------------------------------------------------- train
@@ -394,14 +487,19 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
     step's metrics (for progress bars). Returns ``{"out", "steps", "last": metrics}``.
     """
     # --- setup
+    check_device(cfg)
     rank, world, device = setup_distributed(cfg)
     out = Path(cfg.run.out)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(dump(cfg))
-        log(f"config:\n{dump(cfg)}")
+    reader = ShardReader(cfg.data.shards)
+    template = teacher_template(cfg)
+    prompt_key = f"teacher_prompt_ids_{template}"
+    if template is not None and template not in reader.templates:
+        raise ValueError(f"shards {cfg.data.shards} have no teacher template {template!r} (they hold "
+                         f"{reader.templates}); rebuild them with --template {template}")
+    stream = BatchStream(reader, cfg.data.groups_per_step, seed=cfg.data.seed)
     torch.manual_seed(cfg.optim.seed)
     model, tokenizer = setup_model(cfg, device)
+    check_tokenizer(reader.manifest, cfg.data.shards, tokenizer)  # ids from another vocabulary: refuse
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     if world > 1 and cfg.run.distributed == "fsdp" and cfg.method.teacher_sync != "live":
         raise ValueError("run.distributed=fsdp needs method.teacher_sync=live (a copied/EMA teacher is not sharded yet)")
@@ -410,14 +508,6 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
     wrapped = wrap_distributed(PolicyScorer(model), cfg, world, device)
     optimizer = torch.optim.AdamW(wrapped.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
-    reader = ShardReader(cfg.data.shards)
-    check_tokenizer(reader.manifest, cfg.data.shards, tokenizer)  # ids from another vocabulary: refuse
-    template = teacher_template(cfg)
-    prompt_key = f"teacher_prompt_ids_{template}"
-    if cfg.method.name != "grpo" and template not in reader.templates:
-        raise ValueError(f"shards {cfg.data.shards} have no teacher template {template!r} (they hold "
-                         f"{reader.templates}); rebuild them with --template {template}")
-    stream = BatchStream(reader, cfg.data.groups_per_step, seed=cfg.data.seed)
     start = 0
     ck = latest_checkpoint(out)
     if ck is not None:
@@ -427,57 +517,40 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
         start = load_checkpoint(ck, wrapped=wrapped, optimizer=optimizer, teacher=teacher, stream=stream,
                                 world=world, same_data=same_data)
         log(f"resumed from {ck} at step {start}" + ("" if same_data else " (new shards: data from their start)"))
+    router = setup_skill_bank(cfg, tokenizer, prompt_key, out, start, rank)
+    if rank == 0:  # only now: a start that fails above leaves no folder or config.yaml behind
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump(cfg))
+        log(f"config:\n{dump(cfg)}")
     metrics_log = with_trackers(MetricsLog(out, start, cfg.run.tensorboard and "tensorboard" in cfg.run.report_to,
                                            enabled=rank == 0), cfg.run.report_to, to_dict(cfg), out, rank == 0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    method = cfg.method.name
-    m = cfg.method
+    row = method_of(cfg.method.name)
+    ctx = StepContext(cfg=cfg, row=row, channels=channels_of(row, cfg.method), teacher=teacher, wrapped=wrapped,
+                      model=model, pad_id=pad_id, prompt_key=prompt_key, device=device, world=world)
     last: dict[str, Any] = {}
 
     # --- the loop
     for step in range(start, cfg.optim.steps):
         t0 = time.perf_counter()
-        rows = stream.next().to_pylist()
+        rows = ROUTE_TRANSFORMS[row.route](stream.next().to_pylist(), cfg.data.seed)
+        rows, bank_metrics = router.assign(rows, step) if router is not None else (rows, {})
         advantages_B = L.group_advantages(torch.tensor([r["reward"] for r in rows]), [r["group_id"] for r in rows])
         num_tokens = sum(len(r["response_ids"]) for r in rows)  # global counts of this optimizer step
         num_seqs = len(rows)
         lo, hi = rank * len(rows) // world, (rank + 1) * len(rows) // world
         local_idx = list(range(lo, hi))
-        lam = _lambda(cfg, step)
-        needs_teacher = method == "skill_sd" or lam > 0
+        lam = lambda_at(row, cfg.method, step)
         optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         micro = [local_idx[s: s + cfg.data.micro_batch_size] for s in range(0, len(local_idx), cfg.data.micro_batch_size)]
         for k, idx in enumerate(micro):
-            mb_rows = [rows[i] for i in idx]
-            t = collate(mb_rows, "prompt_ids", pad_id, device)
-            select_BT = _kl_positions(t, cfg, lam, method)
             sync_ctx = wrapped.no_sync() if (world > 1 and hasattr(wrapped, "no_sync") and k < len(micro) - 1) \
                 else nullcontext()
             with sync_ctx:
                 with autocast:
-                    b = t["batch"]
-                    lp_BT, ent_BT, hidden_NH = wrapped(b.input_ids_BL, b.attention_mask_BL, b.response_ids_BT,
-                                                       b.response_mask_BT, b.pred_pos_BT, select_BT)
-                    inputs: dict[str, Any] = dict(
-                        logprobs_BT=lp_BT, old_logprobs_BT=t["old_logprobs_BT"],
-                        advantages_B=advantages_B[idx].to(device), response_mask_BT=t["response_mask_BT"],
-                        clip_low=m.clip_low, clip_high=m.clip_high, agg=m.agg, num_tokens=num_tokens,
-                        num_seqs=num_seqs, kl_coef=lam, coef=lam)
-                    kl_stats: dict[str, float] = {}
-                    span_kl_BT = torch.zeros_like(lp_BT)
-                    if needs_teacher:
-                        taught = _teacher_score(teacher, wrapped, model, collate(mb_rows, prompt_key, pad_id,
-                                                device)["batch"], select_BT, token_logprobs=method == "skill_sd")
-                        inputs["teacher_logprobs_BT"] = taught.logprobs_BT
-                        if select_BT is not None:
-                            student = Scored(logprobs_BT=lp_BT, response_mask_BT=t["response_mask_BT"],
-                                             select_BT=select_BT, hidden_NH=hidden_NH, head=model.get_output_embeddings())
-                            span_kl_BT, kl_stats = _span_kl(t, student, taught, cfg, method)
-                    inputs.update(span_mask_BT=select_BT if select_BT is not None else torch.zeros_like(
-                        t["response_mask_BT"]), span_kl_BT=span_kl_BT, token_kl_BT=span_kl_BT,
-                        kl_coef_max=m.kl_w0 if method == "trace" else m.opd_coef)
-                    loss, lm = L.call_loss(method, **inputs)
+                    loss, lm, kl_stats, t, ent_BT = micro_step(ctx, [rows[i] for i in idx], advantages_B[idx], lam,
+                                                               num_tokens=num_tokens, num_seqs=num_seqs)
                 (loss * world).backward()
             _accumulate(sums, lm, kl_stats, t, ent_BT, n_tokens_mb=int(t["response_mask_BT"].sum()),
                         num_tokens=num_tokens, num_seqs=num_seqs)
@@ -487,6 +560,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
         sums = _all_reduce(sums, world, device)
         metrics = _finish_metrics(sums, step=step, lam=lam, grad_norm=float(grad_norm), rows=rows,
                                   seconds=time.perf_counter() - t0, lr=cfg.optim.lr)
+        metrics.update(bank_metrics)
         metrics_log.write(metrics)
         last = metrics
         if on_step is not None:
@@ -497,6 +571,8 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
                             optimizer=optimizer, teacher=teacher, stream=stream, cfg=cfg, world=world, rank=rank)
             if rank == 0:
                 _prune(out / "checkpoints", cfg.run.keep_checkpoints)
+                if router is not None:  # the bank's arms move with the checkpoint (exact resume)
+                    router.save()
 
     # --- cleanup
     metrics_log.close()
@@ -505,7 +581,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
         model.save_pretrained(out / "final", state_dict=final_state)
         tokenizer.save_pretrained(out / "final")
         if cfg.run.plot and (out / "metrics.jsonl").exists():
-            plot_metrics(out / "metrics.jsonl", out / "curves.png", title=f"{method} — {out.name}")
+            plot_metrics(out / "metrics.jsonl", out / "curves.png", title=f"{cfg.method.name} — {out.name}")
     return {"out": str(out), "steps": cfg.optim.steps, "last": last}
 
 

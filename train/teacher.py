@@ -22,19 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from train.scoring import DEFAULT_CHUNK_ROWS, Scored, ScoringBatch, pack_batch, score
-
-# Privileged blocks appended to the student's question. `{reference}`, `{error_type}` and `{skill}`
-# come from the rollout's columns of the same names. Kept short: the teacher must still answer as
-# the student would, only better informed.
-TEACHER_TEMPLATES: dict[str, str] = {
-    "reference": "Here is a correct reference solution. Use it to guide your answer:\n{reference}",
-    "error_type": "A previous attempt failed with this kind of mistake: {error_type}. Avoid it.",
-    "reference+error": (
-        "Here is a correct reference solution. Use it to guide your answer:\n{reference}\n"
-        "A previous attempt failed with this kind of mistake: {error_type}. Avoid it."
-    ),
-    "skill": "Advice distilled from earlier attempts at similar problems:\n{skill}",
-}
+from train.teacher_templates import TEACHER_TEMPLATES  # its home imports no torch
 
 
 class Scorer(Protocol):
@@ -80,6 +68,28 @@ def teacher_prompt_text(tokenizer: Any, row: Mapping[str, Any], template: str = 
         msgs[last_user]["content"] = f"{msgs[last_user]['content']}\n\n{privileged}"
         return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     return f"{privileged}\n\n{row['prompt']}"
+
+
+def splice_privileged(tokenizer: Any, prompt_text: str, privileged: str) -> str:
+    """The teacher prompt text for a rendered student prompt, built the way `teacher_prompt_text`
+    builds it from a row: when `prompt_text` ends with the chat template's text after a user turn
+    (e.g. ``<|im_end|>\\n<|im_start|>assistant\\n``), the privileged block goes at the end of that
+    user turn; otherwise it goes before the prompt. Used where only the prompt's token ids are
+    kept (shards) and the privileged block is chosen at train time (Skill-SD's skill bank)."""
+    suffix = _chat_suffix(tokenizer)
+    if suffix and prompt_text.endswith(suffix):
+        return f"{prompt_text[: len(prompt_text) - len(suffix)]}\n\n{privileged}{suffix}"
+    return f"{privileged}\n\n{prompt_text}"
+
+
+def _chat_suffix(tokenizer: Any) -> str:
+    """What a chat template appends after the last user message's content (empty: no template)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return ""
+    marker = "\x00spanroute-marker\x00"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False,
+                                         add_generation_prompt=True)
+    return text.split(marker, 1)[1] if marker in text else ""
 
 
 def build_teacher_batch(
