@@ -60,7 +60,6 @@ def serve_(
     ~/.cache/spanroute/labelstudio); later starts take seconds. Prints the URL, the login and
     the API token to use as SPANROUTE_LS_TOKEN (saved, mode 600, in <cache>/labelstudio/token).
     """
-    import os
     import secrets
     import signal
 

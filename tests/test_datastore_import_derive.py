@@ -63,7 +63,7 @@ def test_import_derives_ids_and_correct(tmp_path, capsys, monkeypatch, name, row
     assert all(r["reference"] == "ref" for r in got)
     n_derived_correct = sum(1 for r in rows if r.get("correct") is None and r.get("reward") is not None)
     if n_derived_correct:
-        assert f"derived correct = reward > " in out and f"for {n_derived_correct} of {len(rows)} rows" in out
+        assert "derived correct = reward > " in out and f"for {n_derived_correct} of {len(rows)} rows" in out
     if any("rollout_id" not in r for r in rows):
         assert "derived rollout_id = rollout_id_of(" in out
     assert Store(store).versions()[-1].lineage["extra"]["derived"]

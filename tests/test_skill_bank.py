@@ -5,7 +5,6 @@ records per row which skill its teacher saw and saves the bank back."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -16,20 +16,20 @@ along the policy's own samples.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from train.config import from_dict
+from train.evaluate import evaluate
 
 TRACE_BOTH = {"name": "trace", "key_channel": True, "error_channel": True}
 # arm -> {"method": method overrides, "online": OnlineConfig overrides}
 ARMS: dict[str, dict[str, dict[str, Any]]] = {
     "grpo": {"method": {"name": "grpo"}},
-    "trace-fkl": {"method": {"name": "trace", "key_channel": True, "error_channel": False}},
-    "trace-rkl": {"method": {"name": "trace", "key_channel": False, "error_channel": True}},
+    "trace-fkl": {"method": {"name": "trace-fkl"}},
+    "trace-rkl": {"method": {"name": "trace-rkl"}},
     "trace": {"method": TRACE_BOTH},
     "trace-random": {"method": {"name": "trace-random", "key_channel": True, "error_channel": True}},
     "opd": {"method": {"name": "opd"}},
@@ -101,32 +101,6 @@ def check_arms(dc: DemoConfig, policy: str, out: Path) -> dict[str, str]:
         except ValueError as e:
             bad[arm] = f"arm {arm!r} cannot run on this tree: {e}"
     return bad
-
-
-def evaluate(policy: str | Path, problems: list, n: int, max_new_tokens: int, seed: int) -> dict[str, float]:
-    """Held-out metrics of a policy folder: sampled (T=1, n per problem) and greedy accuracy, mean
-    response length (tokens) and entropy (nats/token, sampled-token estimate)."""
-    import torch
-
-    from train.rollout import HFGenerator, Sampling, generate_rollouts
-    from train.toy import toy_prompt_records
-
-    torch.manual_seed(seed)
-    gen = HFGenerator.from_pretrained(str(policy), model_name="eval", device="cpu", batch_size=128)
-    records = toy_prompt_records(problems, gen.tokenizer)
-    sampled = generate_rollouts(gen, records, n=n, sampling=Sampling(temperature=1.0, max_new_tokens=max_new_tokens),
-                                seed=seed)
-    greedy = generate_rollouts(gen, records, n=1, sampling=Sampling(temperature=0.0, max_new_tokens=max_new_tokens),
-                               seed=seed)
-    lps = [x for row in sampled["response_logprobs"].to_pylist() for x in row]
-    lengths = [len(x) for x in sampled["response_token_ids"].to_pylist()]
-    return {
-        "accuracy": sum(sampled["correct"].to_pylist()) / max(sampled.num_rows, 1),
-        "greedy_accuracy": sum(greedy["correct"].to_pylist()) / max(greedy.num_rows, 1),
-        "response_length": sum(lengths) / max(len(lengths), 1),
-        "entropy": -sum(lps) / max(len(lps), 1),
-        "n": sampled.num_rows,
-    }
 
 
 def problems_for(dc: DemoConfig, seed: int) -> tuple[list, list]:

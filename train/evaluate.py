@@ -48,7 +48,8 @@ def evaluate(policy: str | Path, problems: list, n: int, max_new_tokens: int, se
     """`evaluate_records` of a policy folder on toy `problems` (``train.toy.make_problems``)."""
     import torch
 
-    from train.rollout import HFGenerator, toy_prompt_records
+    from train.rollout import HFGenerator
+    from train.toy import toy_prompt_records
 
     torch.manual_seed(seed)
     gen = HFGenerator.from_pretrained(str(policy), model_name="eval", device=device, batch_size=batch_size)
