@@ -199,7 +199,9 @@ def self_(store: Path = STORE, version: str = VERSION,
     In-process (no --base-url): the checkpoint is loaded with transformers and answers greedily through the same cache; without constrained decoding a small policy's non-JSON answers are recorded as failed rows with the raw answer kept. Cost is 0 either way; lineage names the checkpoint.
     """
     from train.model_names import resolve_model
-    checkpoint = resolve_model(checkpoint)
+
+    if not base_url:  # in process: a folder (or toy / smollm2); served: only a name for lineage
+        checkpoint = resolve_model(checkpoint)
     if base_url and not model:
         model = served_model(base_url, api_key_env, checkpoint)
     _api(store, _v(version), base_url or "in-process", model or checkpoint, api_key_env, concurrency, timeout,

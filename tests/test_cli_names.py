@@ -44,8 +44,8 @@ def test_every_option_name_keeps_one_meaning_and_old_names_are_hidden():
                 if opt in MEANING:
                     assert p.name in MEANING[opt], f"{' '.join(path)}: {opt} means {p.name}"
                     seen.setdefault(opt, []).append(" ".join(path))
-    assert sorted(seen["-n"]) == ["rollouts generate", "train"]  # samples per prompt, nowhere a row limit
-    assert seen["--prompts"] == ["rollouts generate"]  # data only
+    assert sorted(seen["-n"]) == ["eval", "rollouts generate", "train"]  # samples per prompt, nowhere a row limit
+    assert sorted(seen["--prompts"]) == ["eval", "rollouts generate"]  # data only (eval reads a prompt source too)
     assert sorted(seen["--out"]) == ["data export", "demo", "shards build", "spans show"]
 
 

@@ -166,7 +166,7 @@ def test_update_refusals_write_nothing(store):
         (pa.table({"rollout_id": ["r00000"], "response": ["x"]}), "column 'response' is part of the sample"),
         (pa.table({"rollout_id": ["r00000"], "response_token_ids": pa.array([[1]], pa.list_(pa.int32()))}),
          "part of the sample"),
-        (pa.table({"rollout_id": ["r00000"], "nope": ["x"]}), "not in the store; add it with add_columns"),
+        (pa.table({"rollout_id": ["r00000"], "nope": ["x"]}), "not in the store; add it first with Store.add_columns"),
         (pa.table({"rollout_id": ["r00000"], "reward": ["high"]}), "column 'reward': expected float"),
         (pa.table({"rollout_id": ["r00001"], "spans": pa.array(
             [[{"start": 0, "end": 2, "label": "key", "source": "api", "annotator": "a", "text": "zz"}]],
@@ -314,7 +314,8 @@ def test_verify_finds_problems_written_behind_the_stores_back(store):
 
 def test_empty_store_reads_clearly(store):
     assert store.latest_version() is None and store.versions() == []
-    with pytest.raises(StoreError, match="is empty"):
+    # a store that was never written has no table on disk yet: reads name it and the commands that create one
+    with pytest.raises(StoreError, match="not a spanroute store: .*`spanroute rollouts generate` or `spanroute data import` creates one"):
         store.read()
     with pytest.raises(DataError, match="no rows"):
         store.write(make_table(0))

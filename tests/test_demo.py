@@ -107,7 +107,7 @@ def test_unknown_arm_and_missing_method_are_one_line_errors(tmp_path, monkeypatc
     monkeypatch.setitem(demo.ARMS, "future", {"method": {"name": "not-built"}})
     dc = demo.DemoConfig(arms=("grpo", "future"))
     bad = demo.check_arms(dc, str(tmp_path), tmp_path)
-    assert list(bad) == ["future"] and "arm 'future' cannot run on this tree: method.name must be one of" in bad["future"]
+    assert list(bad) == ["future"] and "arm 'future' cannot run on this tree: method.name='not-built' is not one of grpo, trace" in bad["future"]
 
 
 # --- end to end -----------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A store of toy rollouts, policy A (toy tokenizer: 297 entries), policy B (another vocabulary, 280 entries),
+    """A store of toy rollouts, policy A (toy tokenizer: 751 entries), policy B (another vocabulary, 280 entries),
     A re-saved (same vocabulary, re-written files), and shards built with A."""
     from transformers import AutoTokenizer
 
@@ -73,11 +73,11 @@ def test_training_refuses_shards_of_another_tokenizer(world, tmp_path, monkeypat
     assert line.startswith("error: shards ") and "tokenizer" in line
     assert str(world / "b") in " ".join(err.split())  # names the model's tokenizer
     if not old_manifest:
-        assert str(world / "a") in line and "(vocab 297," in line and "(vocab 280," in line  # both named
+        assert str(world / "a") in line and "(vocab 751," in line and "(vocab 280," in line  # both named
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # no step taken
 
 
 def test_manifest_records_the_vocabulary(world):
     m = json.loads((world / "shards" / "manifest.json").read_text())
     assert len(m["tokenizer_vocab_sha256"]) == 64 and m["tokenizer_path"] == str(world / "a")
-    assert m["tokenizer_vocab_size"] == 297
+    assert m["tokenizer_vocab_size"] == 751

@@ -96,9 +96,9 @@ def train(
         items.insert(0, config)
         config = None
     cfg = load_config(None if config is None else resolve_config(config), items)
+    check_device(cfg)  # before any import or write that a wrong device would waste
     if cfg.model.path:  # `toy` / `smollm2` as everywhere else; the written config.yaml names the folder
         cfg = replace(cfg, model={"path": resolve_model(cfg.model.path, "model.path")})
-    check_device(cfg)  # before any import or write that a wrong device would waste
     rank0 = int(os.environ.get("RANK", "0")) == 0
     log = (lambda s: None) if quiet or not rank0 else (lambda s: typer.echo(s))
     if online:

@@ -152,6 +152,7 @@ HELP: dict[str, str] = {
     "run.plot": "write curves.png at the end",
     "run.device": "auto: cuda when torch sees one, else cpu",
     "run.distributed": "under torchrun: ddp or fsdp (FSDP2)",
+    "run.report_to": "metric trackers: tensorboard, wandb (optional package; offline unless WANDB_API_KEY / WANDB_MODE)",
 }
 
 
