@@ -21,8 +21,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
@@ -138,16 +140,19 @@ class Journal:
             self._db.executemany("DELETE FROM calls WHERE key=? AND state='inflight'", [(k,) for k in keys])
 
     def _tx(self):
-        db = self._db
+        return immediate(self._db)
 
-        class _T:
-            def __enter__(self_inner):
-                db.execute("BEGIN IMMEDIATE")
 
-            def __exit__(self_inner, et, ev, tb):
-                db.execute("ROLLBACK" if et else "COMMIT")
-
-        return _T()
+@contextmanager
+def immediate(db: sqlite3.Connection) -> Iterator[None]:
+    """One ``BEGIN IMMEDIATE`` transaction on `db` (autocommit mode): committed, or rolled back on error."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def canonical(obj: dict) -> str:

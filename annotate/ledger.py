@@ -19,6 +19,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from annotate.journal import immediate
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (job TEXT PRIMARY KEY, cap REAL, spent REAL NOT NULL DEFAULT 0,
     answered INTEGER NOT NULL DEFAULT 0, stopped TEXT, updated REAL);
@@ -43,16 +45,7 @@ class Ledger:
         self._db.close()
 
     def _tx(self):
-        db = self._db
-
-        class _T:
-            def __enter__(self_inner):
-                db.execute("BEGIN IMMEDIATE")
-
-            def __exit__(self_inner, et, ev, tb):
-                db.execute("ROLLBACK" if et else "COMMIT")
-
-        return _T()
+        return immediate(self._db)
 
     # -- budget -----------------------------------------------------------------------------
     def mean_cost(self) -> float | None:

@@ -46,7 +46,7 @@ class DemoConfig:
 
     arms: tuple[str, ...] = DEFAULT_ARMS
     seeds: tuple[int, ...] = (0, 1, 2)
-    rounds: int = 8  # 32 steps: 3 seeds × 2 arms fit 10 min at the old toy policy's ~2 s per step
+    rounds: int = 4  # 16 steps per arm and seed; 3 seeds × 2 arms ≈ 10 min on 2 idle cores (v2 policy)
     prompts_per_round: int = 32
     group_size: int = 8
     steps_per_round: int = 4
