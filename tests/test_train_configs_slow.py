@@ -34,21 +34,23 @@ def world(tmp_path_factory):
 
 
 def build_shards(policy: str, out: Path, prompts: int = 64, group: int = 8) -> Path:
-    from train.online import rule_annotations, rule_skills
-    from train.rollout import HFGenerator, Sampling, generate_rollouts, toy_prompt_records
+    from annotate import RuleAnnotator, RuleSkills, annotate_store, skills_store
+    from datastore import Lineage, Store
+    from train.rollout import HFGenerator, Sampling, generate_rollouts
     from train.shards import build_shards_from_table
-    from train.toy import TOY_EVAL_SEED, make_problems
+    from train.toy import TOY_EVAL_SEED, make_problems, toy_prompt_records
 
     held = {p.prompt_id for p in make_problems(EVAL_PROBLEMS, seed=TOY_EVAL_SEED)}
     problems = [p for p in make_problems(prompts + EVAL_PROBLEMS, seed=10_000) if p.prompt_id not in held][:prompts]
     gen = HFGenerator.from_pretrained(policy, model_name="toy", device="cpu", batch_size=128)
     table = generate_rollouts(gen, toy_prompt_records(problems, gen.tokenizer), n=group,
                               sampling=Sampling(temperature=1.0, max_new_tokens=MAX_NEW_TOKENS), seed=0)
-    for part in (rule_annotations(table), rule_skills(table)):  # rows in the table's order
-        assert part["rollout_id"].equals(table["rollout_id"])
-        for name in part.column_names[1:]:
-            table = table.set_column(table.schema.get_field_index(name), table.schema.field(name), part[name])
-    build_shards_from_table(table, policy, out, source={"test": "configs"},
+    # the same jobs as `spanroute annotate rule` and `skills extract --engine rule` (validation, cap)
+    store = Store(str(out.parent / "store"))
+    v = store.write(table, message="generate", lineage=Lineage(stage="generate", model="toy"))
+    v, _ = annotate_store(store, RuleAnnotator(), v)
+    v, _ = skills_store(store, RuleSkills(), v)
+    build_shards_from_table(store.read(version=v), policy, out, source={"test": "configs"},
                             templates=("reference", "error_type", "skill"))
     return out
 
