@@ -66,24 +66,26 @@ def test_annotate_self_against_a_served_model_uses_the_json_schema(tmp_path, ser
 
     url, model = served
     st = make_store(tmp_path / "s", 4, seed=6)
-    args = ["annotate", "self", "--store", str(tmp_path / "s"), "--checkpoint", model, "--base-url", url,
-            "--model", model, "--max-tokens", "192", "--no-progress"]
+    args = ["annotate", "self", "--store", str(tmp_path / "s"), "--model", model, "--base-url", url,
+            "--served-model-name", model, "--max-tokens", "192", "--no-progress"]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["sent"] > 0
     lin = st.versions()[-1].lineage
     assert lin["extra"]["source"] == "self" and lin["extra"]["checkpoint"] == model
-    rows = [r for r in annotated(st) if r["annotation"] and r["annotation"]["raw_response"]]
+    # `annotation` holds one evidence entry per (source, annotator): this job's is the `self` one
+    evidence = [e for r in annotated(st) for e in r["annotation"] or [] if e["source"] == "self"]
+    rows = [e for e in evidence if e["raw_response"]]
     assert len(rows) == summary["sent"]
     whole = 0
-    for r in rows:
-        raw = r["annotation"]["raw_response"]
+    for e in rows:
+        raw = e["raw_response"]
         try:
             obj = json.loads(raw)
         except ValueError:  # cut at --max-tokens: a prefix of the schema's shape
             assert raw.lstrip().startswith("{"), raw[:200]
             continue
         whole += 1
-        assert isinstance(obj, dict) and r["annotation"]["parse_status"] in ("ok", "repaired", "failed")
+        assert isinstance(obj, dict) and e["parse_status"] in ("ok", "repaired", "failed")
     print(f"served vLLM: {whole}/{len(rows)} answers complete JSON objects")
     assert whole >= 1
