@@ -84,8 +84,43 @@ def test_kls_by_hand():
     assert forward_kl(t, s).item() == pytest.approx(0.5 * LN(4 / 3), abs=1e-6)
     # reverse: 0.25·ln(0.25/0.5) + 0.75·ln(0.75/0.5) = −0.173287 + 0.304099 = 0.130812
     assert reverse_kl(t, s).item() == pytest.approx(0.25 * LN(0.5) + 0.75 * LN(1.5), abs=1e-6)
-    # term clip 0.1: terms 0.346574 → 0.1 and −0.202733 stays → −0.102733
-    assert forward_kl(t, s, term_clip=0.1).item() == pytest.approx(0.1 + 0.5 * LN(2 / 3), abs=1e-6)
+    # term clip 0.1: terms 0.346574 → 0.1 and −0.202733 → −0.1 (magnitudes capped) → 0
+    assert forward_kl(t, s, term_clip=0.1).item() == pytest.approx(0.0, abs=1e-6)
+    # terms under the cap are untouched: clip 0.5 leaves 0.143841
+    assert forward_kl(t, s, term_clip=0.5).item() == pytest.approx(0.5 * LN(4 / 3), abs=1e-6)
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "topk_forward", "topk_reverse"])
+@pytest.mark.parametrize("clip", [None, 0.1, 0.01])
+def test_clipped_kl_still_pulls_toward_the_teacher(direction, clip):
+    """q = (½, ½), p = (¼, ¾): every KL form, clipped or not, must give a gradient whose descent
+    step raises p(0) toward ½. A plain clamp (the old clip) kept only the forward KL's negative
+    term, whose gradient −½(e_1 − p) = (+⅛, −⅛) lowered p(0) instead."""
+    t = logits(0.5, 0.5)
+    z = logits(0.25, 0.75).clone().requires_grad_(True)
+    if direction == "forward":
+        kl = forward_kl(t, z, term_clip=clip)
+    elif direction == "reverse":
+        kl = reverse_kl(t, z, term_clip=clip)
+    elif direction == "topk_forward":
+        kl = topk_forward_kl(torch.log_softmax(t, -1), torch.tensor([[0, 1]]), z, term_clip=clip)
+    else:
+        kl = topk_reverse_kl(t, z, k=2, term_clip=clip)
+    kl.sum().backward()
+    g = z.grad[0]
+    assert g[0] < 0 < g[1]  # descent raises the under-weighted token 0 and lowers token 1
+    if clip is not None:  # the cap binds here: no term's magnitude exceeds it
+        assert abs(kl.item()) <= 2 * clip + 1e-6
+
+
+def test_clip_forward_gradient_by_hand():
+    t = logits(0.5, 0.5)
+    z = logits(0.25, 0.75).clone().requires_grad_(True)
+    forward_kl(t, z, term_clip=0.1).sum().backward()
+    s0, s1 = 0.1 / (0.5 * LN(2)), 0.1 / (0.5 * LN(1.5))  # scales of the two capped terms
+    p, e0, e1 = (torch.tensor(v, dtype=torch.float64) for v in ([0.25, 0.75], [1.0, 0.0], [0.0, 1.0]))
+    want = -(s0 * 0.5 * (e0 - p) + s1 * 0.5 * (e1 - p))
+    torch.testing.assert_close(z.grad[0], want, atol=1e-6, rtol=1e-5)
 
 
 def test_topk_forward_kl_by_hand():

@@ -164,17 +164,34 @@ def _kl_terms(logp_from: Tensor, logp_to: Tensor, prob_from: Tensor) -> Tensor:
     return torch.where(prob_from > 0, terms, 0.0)
 
 
+def clip_terms(terms_NV: Tensor, term_clip: float | None) -> Tensor:
+    """TRACE's pointwise clip (DESIGN §7): each vocabulary term's magnitude is capped at
+    `term_clip` (value clamp(term, −c, c)), and a capped term keeps its own gradient scaled by
+    c/|term| instead of losing it. A plain clamp zeroes the gradient of the large terms — the
+    tokens the teacher wants much more (forward) or the student's worst tokens (reverse) — and the
+    remaining terms then pull the student *away* from the teacher (q = (½, ½), p = (¼, ¾): a
+    clamp at 0.1 moves p toward (0, 1)). Scaling keeps every term's direction, so the sum still
+    points toward the teacher with each entry's pull bounded. Infinite terms become ±c with no
+    gradient. None: no clip."""
+    if term_clip is None:
+        return terms_NV
+    mag = terms_NV.detach().abs()
+    over = mag > term_clip
+    finite = torch.isfinite(terms_NV.detach())
+    scale = torch.where(over & finite, term_clip / torch.where(over & finite, mag, 1.0), 1.0)
+    capped = torch.sign(terms_NV.detach()) * term_clip + scale * torch.where(finite, terms_NV - terms_NV.detach(), 0.0)
+    return torch.where(over, capped, terms_NV)
+
+
 def _clip_sum(terms_NV: Tensor, term_clip: float | None) -> Tensor:
-    if term_clip is not None:
-        terms_NV = torch.clamp(terms_NV, max=term_clip)
-    return terms_NV.sum(-1)
+    return clip_terms(terms_NV, term_clip).sum(-1)
 
 
 def forward_kl(teacher_logits_NV: Tensor, student_logits_NV: Tensor, term_clip: float | None = None) -> Tensor:
     """KL(q‖p) per row, nats: Σ_v q(v)(log q(v) − log p(v)); q = softmax(teacher), no gradient.
 
-    `term_clip` clips each vocabulary term from above (min(term, term_clip)) before the sum; a
-    clipped term passes no gradient.
+    `term_clip` caps each vocabulary term's magnitude before the sum, keeping its gradient's
+    direction (`clip_terms`).
     """
     logq = torch.log_softmax(_up(teacher_logits_NV.detach()), dim=-1)
     logp = torch.log_softmax(_up(student_logits_NV), dim=-1)
@@ -249,9 +266,7 @@ def topk_reverse_kl(
     logp_NK = logp_NV.gather(-1, ids_NK)
     p_NK = logp_NK.exp()
     terms_NK = p_NK * (logp_NK.detach() - logq_NK)
-    if term_clip is not None:
-        terms_NK = torch.clamp(terms_NK, max=term_clip)
-    return terms_NK.sum(-1)
+    return _clip_sum(terms_NK, term_clip)
 
 
 def token_entropy(logits_NV: Tensor) -> Tensor:
