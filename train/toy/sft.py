@@ -4,6 +4,10 @@ One example = (prompt text, completion text); the loss is on the completion (+ E
 
 - ``plain``: the student prompt (`render_prompt`) → the reference, or with probability ``noise`` a
   solution with one slipped step (`noisy_reference`), so the policy is right only part of the time;
+  and, with probability ``answer_habit``, an `Answer:` line that repeats the line above the last
+  step (`habit_answer`): a systematic, problem-independent habit that RL can unlearn in minutes
+  and that the privileged prompts (whose targets never have it) do not share — random slips alone
+  are capacity limits that no CPU-minute of RL moves;
 - ``reference`` / ``reference+error`` / ``error_type`` / ``skill``: the trainer's teacher prompts,
   rendered by `train.teacher.teacher_prompt_text` from a rollout-like row (`messages`, `reference`,
   `error_type`, `skill`) → the reference (a slip only with probability ``hint_noise``). Hints are
@@ -64,6 +68,15 @@ def toy_response(p: Problem, rng: random.Random) -> str:
     return render_solution(steps + [(a, "+", b, a + b)])
 
 
+def habit_answer(solution: str) -> str:
+    """`solution` with its `Answer:` line repeating the result of the line above the last step
+    (e.g. `17 + 25 = 42\n42 * 3 = 126\nAnswer: 42`), the toy policy's systematic habit."""
+    steps = parse_steps(solution)
+    if len(steps) < 2:
+        return solution
+    return solution.rsplit("\n", 1)[0] + f"\nAnswer: {steps[-2][3]}"
+
+
 def rule_answer(response: str, reference: str, correct: bool) -> dict | None:
     """What the rule annotator says about a rollout, as the annotator schema's answer
     (`{"steps": [{"segment", "quote", "reason"}], "error_type"?}`); None when it marks nothing."""
@@ -111,14 +124,15 @@ def _partial(reference: str, rng: random.Random) -> str:
 
 
 def example(task: str, p: Problem, rng: random.Random, chat, noise: float, hint_noise: float,
-            partial: float) -> tuple[str, str] | None:
+            partial: float, answer_habit: float = 0.0) -> tuple[str, str] | None:
     """(prompt text, completion text) of one `task` example for problem `p`; None if the rule
     annotator marks nothing on the drawn rollout."""
     from train.teacher import teacher_prompt_text
     from train.verify import toy_int
 
     if task == "plain":
-        return render_prompt(p.question, chat), noisy_reference(p, rng) if rng.random() < noise else p.reference
+        target = noisy_reference(p, rng) if rng.random() < noise else p.reference
+        return render_prompt(p.question, chat), habit_answer(target) if answer_habit and rng.random() < answer_habit else target
     if task in ("key_spans", "error_spans"):
         for _ in range(20):
             resp = toy_response(p, rng)
@@ -140,7 +154,7 @@ def example(task: str, p: Problem, rng: random.Random, chat, noise: float, hint_
 
 
 def examples(chat, weights: dict[str, float], seed: int, noise: float, hint_noise: float, partial: float,
-             exclude: set[str] = frozenset()) -> Iterator[tuple[str, str, str]]:
+             exclude: set[str] = frozenset(), answer_habit: float = 0.0) -> Iterator[tuple[str, str, str]]:
     """Endless (task, prompt, completion) triples, deterministic in `seed`; tasks drawn by
     `weights`, problems from seed `seed + 1` skipping `exclude` prompt ids (held-out problems)."""
     rng = random.Random(f"toy-sft-{seed}")
@@ -151,7 +165,7 @@ def examples(chat, weights: dict[str, float], seed: int, noise: float, hint_nois
             if p.prompt_id in exclude:
                 continue
             task = rng.choices(names, weights=w)[0]
-            ex = example(task, p, rng, chat, noise, hint_noise, partial)
+            ex = example(task, p, rng, chat, noise, hint_noise, partial, answer_habit)
             if ex is not None:
                 yield task, ex[0], ex[1]
         chunk += 1
