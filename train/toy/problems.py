@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 from typing import Iterable
 
-from train.rollout import PromptRecord, prompt_id_of
+from train.rollouts.generate import PromptRecord, prompt_id_of
 
 OPS = ("+", "-", "*")
 
