@@ -235,17 +235,17 @@ def derive_missing(table: pa.Table, *, correct_above: float = 0.0) -> tuple[pa.T
 
     For rows where a column is absent or null (mapped columns are kept as they are):
 
-    - ``prompt_id`` = ``train.rollout.prompt_id_of(prompt)``: 16 hex chars of sha256 of the prompt text;
-    - ``group_id`` = ``train.rollout.group_id_of(prompt_id, model or "", "")``: the rows of one
+    - ``prompt_id`` = ``datastore.ids.prompt_id_of(prompt)``: 16 hex chars of sha256 of the prompt text;
+    - ``group_id`` = ``datastore.ids.group_id_of(prompt_id, model or "", "")``: the rows of one
       prompt from one model form one group (map a ``group_id`` column to group otherwise);
-    - ``rollout_id`` = ``train.rollout.rollout_id_of(group_id, prompt_id, response, model or "",
+    - ``rollout_id`` = ``datastore.ids.rollout_id_of(group_id, prompt_id, response, model or "",
       index)``, index = the row's position within its group in the source's order;
     - ``correct`` = ``reward > correct_above`` where `reward` is set.
 
     Returns the table and one line per derived column saying what was derived for how many rows.
     A row lacking `prompt` or `response` is left as it is (the write refuses it, naming the row).
     """
-    from train.rollouts.generate import group_id_of, prompt_id_of, rollout_id_of  # the rollouts stage owns the id formulas
+    from datastore.ids import group_id_of, prompt_id_of, rollout_id_of  # the formulas `rollouts generate` uses too
 
     n = table.num_rows
     col = {c: table.column(c).to_pylist() if c in table.column_names else [None] * n

@@ -13,7 +13,8 @@ from typing import Sequence
 
 import pyarrow as pa
 
-from train.rollouts.generate import Sample, Sampling, stable_hash
+from datastore.ids import stable_hash
+from train.rollouts.generate import Sample, Sampling
 
 
 def _row_seed(prompt_seed_: int, index: int) -> int:

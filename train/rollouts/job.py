@@ -153,7 +153,7 @@ class _Plan:
 
 def plan_batches(store, records: list[PromptRecord], model_name: str, samp: str, n: int, batch_size: int) -> _Plan:
     """Skip the groups already stored; cut the rest into batches of `batch_size // n` prompts."""
-    from train.rollouts.generate import group_id_of
+    from datastore.ids import group_id_of
 
     gid = {r.prompt_id: group_id_of(r.prompt_id, model_name, samp) for r in records}
     done = stored_groups(store, n, set(gid.values()))

@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from train.rollouts.generate import PromptRecord, prompt_id_of, stable_hash
+from datastore.ids import prompt_id_of, stable_hash
+from train.rollouts.generate import PromptRecord
 
 FIELDS = ("question", "messages", "prompt", "reference", "prompt_id")
 TEXT_FIELDS = ("question", "messages", "prompt")

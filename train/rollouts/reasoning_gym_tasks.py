@@ -71,7 +71,7 @@ def _dataset(task: str, config_json: str):
 
 def task_rows(spec: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Prompt rows (`question`, `reference`, `prompt_id`) of a reasoning-gym spec, and its lineage."""
-    from train.rollouts.generate import stable_hash
+    from datastore.ids import stable_hash
 
     task, config = parse_spec(spec)
     cfg = json.dumps(config, sort_keys=True)
