@@ -79,7 +79,10 @@ def rollouts_on_ray(prompts: Sequence[PromptRecord], *, checkpoint: str, model_n
     """`len(prompts) * n` rollout rows, in prompt order then sample index (like `generate_rollouts`).
     vLLM backend: `engine_kwargs` go to each engine through `train.rollouts.vllm_generator.engine_settings`
     (KV cache by bytes on CPU, vLLM's fraction on GPU); `log_engine_metrics` stays off unless asked
-    (on, `ray.data.llm` imports Ray Serve: `pip install 'ray[serve]'`)."""
+    (on, `ray.data.llm` imports Ray Serve: `pip install 'ray[serve]'`).
+
+    Fifteen keyword parameters: `generate_rollouts`' own (n, sampling, seed, verifier) plus the Ray
+    resources and engine settings each backend needs, all optional but the model and sampling."""
     from annotate.executor import ensure_ray
 
     ray = ensure_ray(address)
@@ -112,6 +115,8 @@ def rollouts_on_ray(prompts: Sequence[PromptRecord], *, checkpoint: str, model_n
 
 def _vllm(ray, ds, prompts, checkpoint, model_name, n, sampling, seed, verifier, actors, batch_size, engine,
           log_engine_metrics, placement):
+    """The vLLM half of `rollouts_on_ray` (its arguments, resolved): sample every (prompt, sample
+    index) through `ray.data.llm`, then build rows with `generate_rollouts` on a replaying generator."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     from train.rollouts.hf_generator import _row_seed
