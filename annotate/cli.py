@@ -142,7 +142,7 @@ def _api(store, version, base_url, model, key_env, concurrency, timeout, attempt
     runner = None
     if in_process:
         from annotate.local import GeneratorRunner
-        from train.rollout import HFGenerator
+        from train.rollouts.hf_generator import HFGenerator
 
         runner = GeneratorRunner(HFGenerator.from_pretrained(checkpoint, model_name=model), cfg.cache_path)
     ann = ApiAnnotator(cfg, model, source=source, prompt_dir=prompts, checkpoint=checkpoint, runner=runner,

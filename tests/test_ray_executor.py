@@ -140,8 +140,9 @@ def test_killing_one_actor_mid_job_loses_nothing(tmp_path, ray_cluster):
 
 def test_rollouts_on_ray_hf_path_equals_local_generate_rollouts(tmp_path, ray_cluster):
     """The CPU stand-in for the GPU `ray.data.llm` path: actors run `generate_rollouts` per batch."""
-    from train.ray_generate import rollouts_on_ray
-    from train.rollout import HFGenerator, Sampling, generate_rollouts
+    from train.rollouts.generate import Sampling, generate_rollouts
+    from train.rollouts.hf_generator import HFGenerator
+    from train.rollouts.ray_generate import rollouts_on_ray
     from train.toy import build_tokenizer, make_problems, tiny_model, toy_prompt_records
 
     tok = build_tokenizer()

@@ -149,9 +149,10 @@ def eval_(
 
     import torch
 
-    from train.cli_rollouts import resolve_model, setup_prompts
     from train.evaluate import evaluate_records
-    from train.rollout import HFGenerator
+    from train.model_names import resolve_model
+    from train.rollouts.hf_generator import HFGenerator
+    from train.rollouts.prompts import PromptSource, load_prompts
     from train.toy import TOY_EVAL_SEED
 
     path = resolve_model(model)
@@ -159,8 +160,8 @@ def eval_(
         toy = 200
     torch.manual_seed(seed)
     gen = HFGenerator.from_pretrained(path, model_name="eval", device=device, batch_size=128)
-    records, source = setup_prompts(prompts, toy, TOY_EVAL_SEED if toy_seed is None else toy_seed, gen.tokenizer,
-                                    mapping, split, None, limit)
+    records, source = load_prompts(PromptSource(path=prompts, toy=toy, mapping=tuple(mapping), split=split, limit=limit,
+                                                toy_seed=TOY_EVAL_SEED if toy_seed is None else toy_seed), gen.tokenizer)
     m = evaluate_records(gen, records, n=n, max_new_tokens=max_new_tokens, seed=seed, verifier=verifier)
     typer.echo(f"{path}: {m['prompts']} prompts × {n} samples\n"
                f"  accuracy (sampled, T=1)  {m['accuracy']:.3f} ± {m['stderr']:.3f} (binomial s.e.)\n"

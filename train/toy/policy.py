@@ -134,7 +134,8 @@ def toy_accuracy(model, tokenizer, n_problems: int = 200, samples: int = 4, temp
                  seed: int = 0, problem_seed: int = TOY_EVAL_SEED) -> float:
     """Fraction of correct answers on plain prompts of held-out toy problems (`problem_seed`),
     `samples` per problem at `temperature` (0 = greedy, one sample)."""
-    from train.rollout import HFGenerator, Sampling, generate_rollouts
+    from train.rollouts.generate import Sampling, generate_rollouts
+    from train.rollouts.hf_generator import HFGenerator
     from train.toy.problems import toy_prompt_records
 
     gen = HFGenerator(model, tokenizer, model_name="eval", batch_size=200)

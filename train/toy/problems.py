@@ -7,7 +7,8 @@ import random
 from dataclasses import dataclass
 from typing import Iterable
 
-from train.rollout import PromptRecord, prompt_id_of
+from datastore.ids import prompt_id_of
+from train.rollouts.generate import PromptRecord
 
 OPS = ("+", "-", "*")
 

@@ -96,7 +96,7 @@ def annotator_prompt(chat, p: Problem, response: str, correct: bool) -> str:
 
 def _skill(p: Problem, rng: random.Random) -> str:
     from train.toy.skills import rule_skill
-    from train.verify import toy_int
+    from train.rollouts.verify import toy_int
 
     group = []
     for _ in range(rng.choice((4, 8))):
@@ -115,7 +115,7 @@ def example(task: str, p: Problem, rng: random.Random, chat, noise: float, hint_
     """(prompt text, completion text) of one `task` example for problem `p`; None if the rule
     annotator marks nothing on the drawn rollout."""
     from train.teacher import teacher_prompt_text
-    from train.verify import toy_int
+    from train.rollouts.verify import toy_int
 
     if task == "plain":
         return render_prompt(p.question, chat), noisy_reference(p, rng) if rng.random() < noise else p.reference

@@ -13,7 +13,7 @@ that score (0..1, some tasks give partial credit), correct means reward == 1. re
 expect an *extracted* answer: on a whole response they credit only a response that is the answer.
 Extraction, first that applies: the last `<answer>...</answer>` (reasoning-gym's own format), the last
 `\\boxed{...}`, the last `Answer: ...` line; else, when the reference answer is a number, the last
-number written (any form `train.verify.numbers` reads); else the last non-empty line. An extracted
+number written (any form `train.rollouts.verify.numbers` reads); else the last non-empty line. An extracted
 answer that is one integer (e.g. `−214`, `２１４`, `1,214`) is passed on in ASCII digits.
 """
 
@@ -71,7 +71,7 @@ def _dataset(task: str, config_json: str):
 
 def task_rows(spec: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Prompt rows (`question`, `reference`, `prompt_id`) of a reasoning-gym spec, and its lineage."""
-    from train.rollout import stable_hash
+    from datastore.ids import stable_hash
 
     task, config = parse_spec(spec)
     cfg = json.dumps(config, sort_keys=True)
@@ -93,7 +93,7 @@ _ANSWER_LINE = re.compile(r"answer\s*(?:is)?\s*[:\uff1a]\s*\**\s*(.+)", re.IGNOR
 
 def extract_answer(response: str, numeric: bool) -> str | None:
     """The final answer written in `response` (rules in the module docstring); None if empty."""
-    from train.verify import _NUMBER, _as_int, _value, numbers
+    from train.rollouts.verify import _NUMBER, _as_int, _value, numbers
 
     for rx in (_TAG, _BOXED, _ANSWER_LINE):
         found = rx.findall(response)
@@ -117,7 +117,7 @@ def extract_answer(response: str, numeric: bool) -> str | None:
 
 def reasoning_gym_verify(response: str, reference: str) -> tuple[float, bool]:
     """Score a response with the task's own `score_answer` (reference: a `task_rows` reference)."""
-    from train.verify import _NUMBER
+    from train.rollouts.verify import _NUMBER
 
     try:
         ref = json.loads(reference)

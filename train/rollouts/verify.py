@@ -9,7 +9,7 @@ exactly which rule judged it and any row can be re-verified later.
                  not follow the toy answer format (e.g. SmolLM2 on word problems).
 - `math-verify`— LaTeX / `\\boxed{}` answers, compared symbolically by HF `math-verify`.
 - `reasoning-gym` — the final answer extracted and scored by the reasoning-gym task's own
-                 `score_answer` (reward in 0..1; see `train.reasoning_gym_tasks`).
+                 `score_answer` (reward in 0..1; see `train.rollouts.reasoning_gym_tasks`).
 
 Rewards are 1.0 for correct and 0.0 otherwise (reasoning-gym: the task's score, 0..1).
 """
@@ -137,7 +137,7 @@ VERIFIERS: dict[str, Verifier] = {
 
 
 def _reasoning_gym(response: str, reference: str) -> tuple[float, bool]:
-    from train.reasoning_gym_tasks import reasoning_gym_verify  # optional extra, imported on use
+    from train.rollouts.reasoning_gym_tasks import reasoning_gym_verify  # optional extra, imported on use
 
     return reasoning_gym_verify(response, reference)
 
