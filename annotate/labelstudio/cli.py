@@ -38,7 +38,7 @@ PROJECT = typer.Option(None, "--project",
 
 
 def _open(url: str, token_file: Optional[Path], store_dir: Path, project: Optional[str]):
-    from annotate import labelstudio as ls
+    from annotate.labelstudio import project as ls
     from datastore import Store
 
     client = ls.connect(url, ls.read_token(token_file))
@@ -63,8 +63,8 @@ def serve_(
     import secrets
     import signal
 
-    from annotate import ls_server
-    from annotate.labelstudio import env_token
+    from annotate.labelstudio import server as ls_server
+    from annotate.labelstudio.project import env_token
 
     cache = ls_server.cache_dir()
     token_path = cache / "token"
