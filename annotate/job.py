@@ -15,9 +15,8 @@ import pyarrow as pa
 
 from annotate.faults import JobStopped
 from annotate.protocol import Annotator, Provenance, RowResult
-from annotate.spans_adapter import merge_spans, validate_spans
 from datastore.schema import ANNOTATION_TYPE, evidence_entries
-from spans.model import SPANS_TYPE, Span
+from spans import SPANS_TYPE, Span, merge_spans, validate_row
 
 READ_COLUMNS = ["rollout_id", "prompt_id", "group_id", "prompt", "response", "correct", "reference", "skill",
                 "spans", "error_type", "annotation"]
@@ -39,9 +38,10 @@ def checked(rec: dict, res: RowResult, max_fraction: float | None = 0.25) -> Row
     whose spans are all dropped by the cap fails with that reason."""
     if res.status not in ("ok", "repaired") or not res.spans:
         return res
-    kept, dropped, error = validate_spans(rec["response"], res.spans, rec["rollout_id"], max_fraction)
-    if error:
-        return replace(res, spans=[], status="failed", error=error)
+    row = validate_row(rec["response"], res.spans, rollout_id=rec["rollout_id"], max_fraction=max_fraction)
+    kept, dropped = list(row.spans), list(row.dropped)
+    if not row.ok:
+        return replace(res, spans=[], status="failed", error=str(row.error))
     if not dropped:
         return replace(res, spans=kept)
     note = (f"cap: {len(dropped)} of {len(res.spans)} spans dropped (over {max_fraction:.0%} of the response)")
