@@ -19,6 +19,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from datastore.cli_options import STORE, VERSION
+
 app = typer.Typer(
     no_args_is_help=True,
     help="Human span correction in Label Studio. URL: --url, else SPANROUTE_LS_URL, else LABEL_STUDIO_URL; "
@@ -32,7 +34,6 @@ URL = typer.Option("http://127.0.0.1:8080", "--url", envvar=["SPANROUTE_LS_URL",
 TOKEN_FILE = typer.Option(None, "--token-file",
                           help="File holding the API token; default: env SPANROUTE_LS_TOKEN, else "
                                "LABEL_STUDIO_API_KEY.")
-STORE = typer.Option(..., "--store", help="The datastore directory.")
 PROJECT = typer.Option(None, "--project",
                        help="Label Studio project title (default: 'spanroute <store dir name>').")
 
@@ -121,7 +122,7 @@ def init_(url: str = URL, token_file: Optional[Path] = TOKEN_FILE, store: Path =
 def push_(
     url: str = URL, token_file: Optional[Path] = TOKEN_FILE, store: Path = STORE,
     project: Optional[str] = PROJECT,
-    version: Optional[str] = typer.Option(None, "--version", help="Store version number or tag (default latest)."),
+    version: Optional[str] = VERSION,
     only_incorrect: bool = typer.Option(False, "--only-incorrect", help="Only rollouts whose answer is wrong."),
     only_unannotated: bool = typer.Option(False, "--only-unannotated", help="Only rollouts without human spans."),
     sample: Optional[int] = typer.Option(None, "--sample", help="Push a random sample of N of the selected rows."),
