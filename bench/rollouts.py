@@ -78,7 +78,7 @@ def main() -> None:
     import torch
 
     from train.rollout import PromptRecord, Sampling
-    from train.cache import cache_root
+    from datastore.cache import cache_root
     from train.toy import ToyPolicyRecipe, build_tokenizer, make_problems, tiny_model, toy_prompt_records
 
     if args.threads:

@@ -4,6 +4,11 @@ Offsets everywhere are Unicode code points of the response (Python ``str`` indic
 exclusive. Model (:class:`Span`, the Arrow ``SPAN_STRUCT``), validation with the overlap rule and
 TRACE cap, segmentation into numbered steps, quote location, per-token routes (0 none, 1 key,
 2 error), combining annotators' spans, agreement, and Label Studio's text rule.
+
+Imports follow the flow spans -> datastore -> annotate -> train, with one known arrow against it:
+``spans/cli.py`` (`spanroute spans show`) reads a datastore version and takes the shared
+``--store``/``--version`` options from ``datastore.cli_options``. Nothing else in ``spans`` imports
+``datastore``; the library itself stays free of it.
 """
 
 from spans.agreement import AgreementScores, agreement, cohen_kappa
