@@ -17,9 +17,9 @@ from urllib.parse import urlsplit, urlunsplit
 from annotate.engine import EngineConfig, Summary, request_key, run_calls
 from annotate.journal import canonical
 from annotate.parse import map_answer, parse_json
-from annotate.templates import PromptTemplate, load
 from annotate.protocol import Provenance, RowResult
 from annotate.secrets import redact
+from annotate.templates import PromptTemplate, load
 from spans import numbered
 
 

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import email.utils
 import hashlib
+import itertools
 import json
 import random
 import re

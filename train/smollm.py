@@ -77,33 +77,3 @@ def _convert(src: Path, root: Path, final: Path, progress: bool) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
     if progress:
         print(f"SmolLM2: saved {final} in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".smollm2.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (final / "config.json").exists():
-            return final
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        t0 = time.time()
-        if progress:
-            print(f"SmolLM2: converting {src.name} to a transformers folder (once, ~25 s)...", file=sys.stderr, flush=True)
-        tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
-        model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
-        # The weights are dequantized already; leftover quantizer state would make save_pretrained
-        # write a config that claims GGUF quantization and then fail to reload.
-        model.hf_quantizer = None
-        model.is_quantized = False
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        tmp = Path(tempfile.mkdtemp(prefix=".smollm2-build-", dir=root))
-        try:
-            model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            tmp.rename(final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        if progress:
-            print(f"SmolLM2: saved {final} in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
-    return final

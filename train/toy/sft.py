@@ -21,7 +21,16 @@ import json
 import random
 from collections.abc import Iterator
 
-from train.toy.problems import Problem, _apply, make_problems, noisy_reference, parse_steps, render_prompt, render_solution, toy_messages
+from train.toy.problems import (
+    Problem,
+    _apply,
+    make_problems,
+    noisy_reference,
+    parse_steps,
+    render_prompt,
+    render_solution,
+    toy_messages,
+)
 
 TASKS = ("plain", "reference", "reference+error", "error_type", "skill", "key_spans", "error_spans")
 # The mix of error types the hints name (the toy policy's own failures are mostly slips).
@@ -85,8 +94,8 @@ def rule_answer(response: str, reference: str, correct: bool) -> dict | None:
 def annotator_prompt(chat, p: Problem, response: str, correct: bool) -> str:
     """The annotator's prompt for one rollout, as `annotate self` renders it in process."""
     from annotate.api import RequestParams, build_body
-    from spans import numbered
     from annotate.templates import load
+    from spans import numbered
 
     tpl = load("key_spans" if correct else "error_spans")
     body = build_body(tpl, "toy", RequestParams(), prompt=render_prompt(p.question, chat), reference=p.reference,
