@@ -45,6 +45,7 @@ def show(
       spanroute spans show --store runs/store --rollout 3f9a2c
     """
     from datastore import Store
+
     from spans.model import SOURCES
 
     if source is not None and source not in SOURCES:

@@ -43,15 +43,7 @@ import pyarrow as pa
 
 from datastore.schema import evidence_for
 from spans import (
-    SPANS_TYPE,
-    Span,
-    SpanError,
-    agreement,
-    as_span,
-    ls_text_matches,
-    merge_spans,
-    select_spans,
-    spans_to_arrow,
+    SPANS_TYPE, Span, SpanError, agreement, as_span, ls_text_matches, merge_spans, select_spans, spans_to_arrow,
     validate,
 )
 

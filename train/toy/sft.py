@@ -21,16 +21,7 @@ import json
 import random
 from collections.abc import Iterator
 
-from train.toy.problems import (
-    Problem,
-    _apply,
-    make_problems,
-    noisy_reference,
-    parse_steps,
-    render_prompt,
-    render_solution,
-    toy_messages,
-)
+from train.toy.problems import Problem, _apply, make_problems, noisy_reference, parse_steps, render_prompt, render_solution, toy_messages
 
 TASKS = ("plain", "reference", "reference+error", "error_type", "skill", "key_spans", "error_spans")
 # The mix of error types the hints name (the toy policy's own failures are mostly slips).
