@@ -379,6 +379,9 @@ def _short(text: str, n: int = 300) -> str:
 # ---------------------------------------------------------------------------------------------
 async def _run(bodies: Iterable[dict], cfg: EngineConfig, total: int | None,
                order: list[str]) -> tuple[dict[str, CallRecord], Summary]:
+    """The engine's main flow in one place (over 80 lines on purpose): a dispatcher renders, hashes
+    and journals requests chunk by chunk, workers send them, a flusher commits the journal; the
+    three coroutines share this run's state (`run`, `keyed`, the queue), so they stay nested here."""
     import openai
     from openai import DefaultAioHttpClient
 
