@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
+from annotate.progress import RunBar
 from annotate.protocol import RowResult
 from spans.model import Span
 
@@ -173,7 +174,7 @@ class RayExecutor:
                                  batch_format="pyarrow", compute=strategy, **remote)
         rows: list[tuple[int, dict, RowResult]] = []
         summaries: list[dict] = []
-        with _Progress(self.config, n_total) as bar:
+        with _RowBar(self.config, n_total) as bar:
             for batch in out.iter_batches(batch_format="pyarrow", batch_size=None):
                 part = [(position[rec["rollout_id"]], rec, result_from_json(x)) for rec, x in
                         zip(map(json.loads, batch["_rec"].to_pylist()), batch["_res"].to_pylist())]
@@ -204,41 +205,30 @@ def _add_group(batch, key):
     return batch.append_column("_group", pa.array(groups, pa.string()))
 
 
-class _Progress:
-    """A rich bar in the driver: rows, rows/s, cost (as recorded on the rows) and failed rows."""
+class _RowBar:
+    """The run bar over rows as Ray batches come back: rows/s, cost (as recorded on the rows), failed rows."""
 
     def __init__(self, config: RayConfig, total: int):
-        self.cfg, self.total, self.t0 = config, total, time.perf_counter()
+        self.t0 = time.perf_counter()
         self.done = self.failed = 0
         self.cost = 0.0
-        self._bar = None
+        self.bar = RunBar(config.label, total, {"cost": ("green", "$0.0000"), "failed": ("red", "0 failed")},
+                          enabled=config.progress)
 
     def __enter__(self):
-        if self.cfg.progress:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("[cyan]{task.fields[rate]}"), TextColumn("[green]{task.fields[cost]}"),
-                                 TextColumn("[red]{task.fields[failed]}"), TimeRemainingColumn(),
-                                 console=Console(stderr=True), refresh_per_second=4)
-            self._task = self._bar.add_task(self.cfg.label, total=self.total, rate="", cost="$0.0000",
-                                            failed="0 failed")
-            self._bar.start()
+        self.bar.start()
         return self
 
     def advance(self, results: list[RowResult]) -> None:
         self.done += len(results)
         self.failed += sum(1 for r in results if r.status == "failed")
         self.cost += sum(r.cost_usd for r in results)
-        if self._bar is not None:
-            rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
-            self._bar.update(self._task, advance=len(results), rate=f"{rate:.1f} rows/s",
-                             cost=f"${self.cost:.4f}", failed=f"{self.failed} failed")
+        rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.update(len(results), rate=f"{rate:.1f} rows/s", cost=f"${self.cost:.4f}",
+                        failed=f"{self.failed} failed")
 
     def __exit__(self, *exc):
-        if self._bar is not None:
-            self._bar.stop()
+        self.bar.stop()
 
 
 def make_executor(name: str, address: str | None = None, **ray_kwargs) -> Executor:

@@ -77,7 +77,7 @@ def main() -> None:
 
     import torch
 
-    from train.cache import cache_root
+    from datastore.cache import cache_root
     from train.rollouts.generate import PromptRecord, Sampling
     from train.toy import ToyPolicyRecipe, build_tokenizer, make_problems, tiny_model, toy_prompt_records
 

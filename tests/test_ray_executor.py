@@ -30,7 +30,7 @@ from annotate.engine import EngineConfig  # noqa: E402
 from annotate.executor import RayConfig, RayExecutor  # noqa: E402
 from annotate.job import annotate_store  # noqa: E402
 from annotate.pricing import Price  # noqa: E402
-from annotate.scripted_server import ScriptedServer, ToyOracle  # noqa: E402
+from annotate.testing.scripted_server import ScriptedServer, ToyOracle  # noqa: E402
 from train.cli import main  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))

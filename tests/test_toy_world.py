@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "train" / "toy"
 TOY_MODULES = sorted(f"train.toy.{p.stem}" for p in TOY.glob("*.py") if p.stem not in ("__init__", "__main__")) + ["train.toy"]
 # Generic modules that may look the toy world up, inside a function only (registries and shortcuts).
-LAZY_REGISTRIES = {"annotate/cli.py", "annotate/__init__.py", "annotate/scripted_server.py", "train/rollouts/prompts.py",
+LAZY_REGISTRIES = {"annotate/cli.py", "annotate/__init__.py", "annotate/testing/scripted_server.py", "train/rollouts/prompts.py",
                    "train/cli_train.py", "train/demo.py", "train/online.py",
                    "train/model_names.py",  # the `toy` model shortcut
                    "train/evaluate.py"}  # `evaluate` on toy problems (the demo's and `spanroute eval`'s default)

@@ -76,7 +76,7 @@ def toy_policy(cache_dir: str | Path | None = None, recipe: ToyPolicyRecipe = To
     import shutil
     import tempfile
 
-    from train.cache import cache_root
+    from datastore.cache import cache_root
 
     shipped = SHIPPED_WEIGHTS / f"toy-policy-{recipe.key()}"
     if cache_dir is None and (shipped / "toy_policy.json").exists():

@@ -67,17 +67,17 @@ def toy_response(p: Problem, rng: random.Random) -> str:
 def rule_answer(response: str, reference: str, correct: bool) -> dict | None:
     """What the rule annotator says about a rollout, as the annotator schema's answer
     (`{"steps": [{"segment", "quote", "reason"}], "error_type"?}`); None when it marks nothing."""
-    from annotate.spans_adapter import segments
+    from spans import numbered_steps
     from train.toy.rule import rule_annotate
 
     spans, error_type = rule_annotate(response, reference, correct)
     if not spans:
         return None
-    segs = segments(response)
+    segs = numbered_steps(response)
     steps = []
     for s in spans:
         seg = next(g for g in segs if g.start <= s.start and s.end <= g.end)
-        steps.append({"segment": seg.number, "quote": response[s.start:s.end],
+        steps.append({"segment": seg.index, "quote": response[s.start:s.end],
                       "reason": REASONS["key" if correct else error_type]})
     return {"steps": steps} if correct else {"steps": steps, "error_type": error_type}
 
@@ -85,12 +85,12 @@ def rule_answer(response: str, reference: str, correct: bool) -> dict | None:
 def annotator_prompt(chat, p: Problem, response: str, correct: bool) -> str:
     """The annotator's prompt for one rollout, as `annotate self` renders it in process."""
     from annotate.api import RequestParams, build_body
-    from annotate.spans_adapter import render_numbered, segments
     from annotate.templates import load
+    from spans import numbered
 
     tpl = load("key_spans" if correct else "error_spans")
     body = build_body(tpl, "toy", RequestParams(), prompt=render_prompt(p.question, chat), reference=p.reference,
-                      numbered=render_numbered(segments(response)))
+                      numbered=numbered(response))
     return chat.apply_chat_template(body["messages"], tokenize=False, add_generation_prompt=True)
 
 

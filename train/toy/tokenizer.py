@@ -50,7 +50,7 @@ def _trained(vocab_size: int) -> str:
     renders 3000 examples of every task) and cached."""
     import hashlib
 
-    from train.cache import cache_root
+    from datastore.cache import cache_root
 
     key = hashlib.sha256(f"{TOKENIZER_VERSION}-{vocab_size}".encode()).hexdigest()[:12]
     path = cache_root() / f"toy-tokenizer-{key}.json"
@@ -95,7 +95,7 @@ def _train(vocab_size: int):
 
 def build_tokenizer(out_dir: str | Path | None = None, vocab_size: int = 1024):
     """Train the toy byte-level BPE tokenizer (deterministic; ~10 s once, then cached on disk under
-    `train.cache.cache_root()` and in the process) and return it as a
+    `datastore.cache.cache_root()` and in the process) and return it as a
     `PreTrainedTokenizerFast` with the ChatML template, `pad_token=<|endoftext|>` and
     `eos_token=<|im_end|>`. Any text encodes (full byte alphabet). Its normalizer and
     pre-tokenizer are Qwen2's, so `AutoTokenizer` reloads it identically from a Qwen2 model
