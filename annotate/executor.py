@@ -81,8 +81,9 @@ def result_from_json(text: str) -> RowResult:
 
 
 class _BatchWorker:
-    """The actor: runs `fn` on a batch and ships records, results and the engine's run summary back
-    as JSON strings (Arrow columns), so the driver rebuilds exactly what the local executor returns."""
+    """The actor: runs `fn` on a batch and ships back only what the driver lacks: each row's result
+    (JSON), keyed by the row's ``rollout_id``, and the engine's run summary. The records themselves
+    never travel back: the driver reads them from the same pinned version, as the local executor does."""
 
     def __init__(self, fn: BatchFn):
         self.fn = fn
@@ -96,7 +97,7 @@ class _BatchWorker:
         results = self.fn(records) if records else []  # a filtered block can be empty
         summary = _summary_of(self.fn) if records else None
         return pa.table({
-            "_rec": pa.array([json.dumps(r, ensure_ascii=False) for r in records], pa.string()),
+            "_id": pa.array([r["rollout_id"] for r in records], pa.string()),
             "_res": pa.array([result_to_json(x) for x in results], pa.string()),
             "_summary": pa.array(([json.dumps(summary) if summary else None] + [None] * (len(records) - 1))[: len(records)],
                                  pa.string()),
@@ -156,10 +157,11 @@ class RayExecutor:
         ctx.enable_progress_bars = False  # the rich bar below shows rows/s, cost and failures
         ctx.print_on_execution_start = False
         ds = ray.data.read_lance(store.uri, version=version, columns=columns)
-        # Positions in the version (the key column only), so results come back in LocalExecutor's order.
-        ids = store.dataset(version).to_table(columns=["rollout_id"])["rollout_id"].to_pylist()
+        # The records as LocalExecutor reads them; results are put back at their rows' positions.
+        table = store.read(version=version, columns=columns)
+        records = (table.slice(0, int(limit)) if limit else table).to_pylist()
+        ids = [r["rollout_id"] for r in records]
         if limit:
-            ids = ids[: int(limit)]
             ds = ds.map_batches(_first_rows, fn_kwargs={"keep": set(ids)}, batch_format="pyarrow", zero_copy_batch=True)
         position = {rid: i for i, rid in enumerate(ids)}
         n_total = len(ids)
@@ -172,21 +174,21 @@ class RayExecutor:
         else:
             out = ds.map_batches(_BatchWorker, fn_constructor_args=(fn,), batch_size=self.config.batch_size,
                                  batch_format="pyarrow", compute=strategy, **remote)
-        rows: list[tuple[int, dict, RowResult]] = []
+        rows: list[tuple[int, RowResult]] = []
         summaries: list[dict] = []
         with _RowBar(self.config, n_total) as bar:
             for batch in out.iter_batches(batch_format="pyarrow", batch_size=None):
-                part = [(position[rec["rollout_id"]], rec, result_from_json(x)) for rec, x in
-                        zip(map(json.loads, batch["_rec"].to_pylist()), batch["_res"].to_pylist())]
+                part = [(position[rid], result_from_json(x)) for rid, x in
+                        zip(batch["_id"].to_pylist(), batch["_res"].to_pylist())]
                 summaries += [json.loads(s) for s in batch["_summary"].to_pylist() if s]
                 rows += part
-                bar.advance([x for _, _, x in part])
+                bar.advance([x for _, x in part])
         rows.sort(key=lambda t: t[0])
-        if len({i for i, _, _ in rows}) != len(rows) or len(rows) != n_total:
+        if len({i for i, _ in rows}) != len(rows) or len(rows) != n_total:
             raise RuntimeError(f"ray executor: {len(rows)} results for {n_total} rows of version {version} "
                                f"of {store.uri} (a batch was lost or duplicated)")
         self.summary = merge_summaries(summaries)
-        return [r for _, r, _ in rows], [x for _, _, x in rows]
+        return records, [x for _, x in rows]
 
 
 def _first_rows(batch, keep):
