@@ -9,14 +9,15 @@ from pathlib import Path
 
 import typer
 
+from datastore.cli_options import STORE, VERSION
+
 shards_app = typer.Typer(no_args_is_help=True, help="Turn a datastore version into span-tagged training shards.")
 
 
 @shards_app.command("build")
 def build_(
-    store: Path = typer.Option(..., "--store", help="Datastore directory (see `spanroute data`)."),
-    version: str = typer.Option(None, "--version", help="Version number or tag to read (default: latest). "
-                                "The manifest pins the resolved number."),
+    store: Path = STORE,
+    version: str = VERSION,
     model: str = typer.Option(..., "--model", help="The policy folder (or toy, smollm2) whose tokenizer "
                               "makes the ids; its hash goes in the manifest and `train` checks it."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for shard-NNNNN.parquet + manifest.json."),

