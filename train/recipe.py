@@ -277,18 +277,22 @@ def setup_skill_bank(cfg: TrainConfig, tokenizer: Any, prompt_key: str, out: Pat
                        out / "teacher_skills.jsonl" if rank == 0 else None, start)
 
 
-def setup_model(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, Any]:
+def setup_model(cfg: TrainConfig, device: torch.device, check: Callable[[Any], None] = lambda tok: None
+                ) -> tuple[nn.Module, Any]:
+    """(model in train mode on `device`, tokenizer) from ``model.path``. `check(tokenizer)` runs
+    before any weight is read, so a refused tokenizer costs no model load (and prints nothing)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not cfg.model.path:
         raise ValueError("model.path is empty: point it at a save_pretrained folder (model + tokenizer)")
     path = resolve_model(cfg.model.path, "model.path")  # a folder, or toy / smollm2
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    check(tokenizer)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.model.dtype]
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
-    tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer
 
 
@@ -523,8 +527,8 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
                          f"{reader.templates}); rebuild them with --template {template}")
     stream = BatchStream(reader, cfg.data.groups_per_step, seed=cfg.data.seed)
     torch.manual_seed(cfg.optim.seed)
-    model, tokenizer = setup_model(cfg, device)
-    check_tokenizer(reader.manifest, cfg.data.shards, tokenizer)  # ids from another vocabulary: refuse
+    # ids from another vocabulary: refuse before the weights load
+    model, tokenizer = setup_model(cfg, device, lambda tok: check_tokenizer(reader.manifest, cfg.data.shards, tok))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     if world > 1 and cfg.run.distributed == "fsdp" and cfg.method.teacher_sync != "live":
         raise ValueError("run.distributed=fsdp needs method.teacher_sync=live (a copied/EMA teacher is not sharded yet)")
