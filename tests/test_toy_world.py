@@ -117,7 +117,7 @@ def shipped():
     """The shipped default policy measured on 40 held-out problems × 2 samples, 30 annotated rows."""
     from train.toy import toy_policy
     from train.toy.measure import measure_policy
-    from train.toy.policy import TOY_CHECK_SEED
+    from train.toy.problems import TOY_CHECK_SEED
 
     path = toy_policy()
     assert path.parent.name == "weights", "the default recipe's policy must ship in train/weights/"

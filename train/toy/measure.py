@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from train.toy.policy import TOY_CHECK_SEED
+from train.toy.problems import TOY_CHECK_SEED
 
 AGREE_F1 = 0.8
 

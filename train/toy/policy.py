@@ -15,10 +15,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from train.toy.problems import make_problems
+from train.toy.problems import TOY_CHECK_SEED, TOY_EVAL_SEED, make_problems
 
-TOY_EVAL_SEED = 777  # held-out problems: never trained on
-TOY_CHECK_SEED = 4242  # a seed no part of the project trains or tunes on: the independent check
 
 
 @dataclass(frozen=True)

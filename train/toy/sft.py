@@ -155,12 +155,3 @@ def examples(chat, weights: dict[str, float], seed: int, noise: float, hint_nois
             if ex is not None:
                 yield task, ex[0], ex[1]
         chunk += 1
-
-
-def corpus(chat, n: int = 3000) -> list[str]:
-    """What the tokenizer is trained on: prompts + completions of every task, deterministic."""
-    from train.toy.tokenizer import IM_END
-
-    weights = {t: 1.0 for t in TASKS}
-    it = examples(chat, weights, seed=10_000, noise=0.3, hint_noise=0.1, partial=0.2)
-    return [f"{prompt}{completion}{IM_END}\n" for _, prompt, completion in (next(it) for _ in range(n))]

@@ -1,6 +1,6 @@
 """The toy tokenizer: a byte-level BPE trained on the texts the toy policy reads and writes.
 
-Trained on the SFT mix itself (`train.toy.sft.corpus`): plain prompts and solutions, the trainer's
+Trained on the SFT mix itself (`corpus`): plain prompts and solutions, the trainer's
 teacher prompts and the annotator's prompts with their JSON answers, so the templates' words and the
 JSON punctuation are single tokens (an annotator prompt is ~250 tokens, not ~900 bytes).
 """
@@ -72,7 +72,6 @@ def _trained(vocab_size: int) -> str:
 def _train(vocab_size: int):
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-    from train.toy.sft import corpus
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
@@ -119,3 +118,12 @@ def build_tokenizer(out_dir: str | Path | None = None, vocab_size: int = 1024):
     if out_dir is not None:
         fast.save_pretrained(str(out_dir))
     return fast
+
+
+def corpus(chat, n: int = 3000) -> list[str]:
+    """What the tokenizer is trained on: prompts + completions of every task, deterministic."""
+    from train.toy.sft import TASKS, examples
+
+    weights = {t: 1.0 for t in TASKS}
+    it = examples(chat, weights, seed=10_000, noise=0.3, hint_noise=0.1, partial=0.2)
+    return [f"{prompt}{completion}{IM_END}\n" for _, prompt, completion in (next(it) for _ in range(n))]
