@@ -207,6 +207,7 @@ def _api(store: Path, version, job: ApiJob) -> None:
     _report(v, results, _summary_of(ann, ex))
 
 
+# typer: one parameter per command-line option; the body only builds the job's typed options and calls it.
 @annotate_app.command("api")
 def api_(store: Path = STORE, version: str = VERSION, base_url: str = BASE_URL, model: str = MODEL,
          api_key_env: str = KEY_ENV, concurrency: int = CONC, timeout: float = TIMEOUT,
@@ -228,6 +229,7 @@ def api_(store: Path = STORE, version: str = VERSION, base_url: str = BASE_URL, 
                                     batch_import=batch_import))
 
 
+# typer: one parameter per command-line option; the body only builds the job's typed options and calls it.
 @annotate_app.command("self")
 def self_(store: Path = STORE, version: str = VERSION,
           base_url: str = typer.Option(None, "--base-url", help="URL of `vllm serve CHECKPOINT` (or any OpenAI-compatible server of the policy)."),
@@ -270,6 +272,7 @@ def rule_(store: Path = STORE, version: str = VERSION, limit: int = LIMIT, execu
     _report(v, results)
 
 
+# typer: one parameter per command-line option; the body only builds the job's typed options and calls it.
 @skills_app.command("extract")
 def extract_(store: Path = STORE, version: str = VERSION,
              engine: str = typer.Option("rule", "--engine", help="rule (toy world, free) | api | self."),

@@ -124,6 +124,7 @@ def train(
     log(f"done: {res['steps']} steps -> {res['out']} (metrics.jsonl, curves.png, final/)")
 
 
+# typer: one parameter per command-line option; the body only builds the job's typed options and calls it.
 def eval_(
     model: str = typer.Option(..., "--model", help="Policy folder (model + tokenizer), e.g. runs/toy/trace/final; "
                               "`toy` = the shipped toy policy."),

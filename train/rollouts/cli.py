@@ -16,6 +16,7 @@ VLLM_CPU_EXAMPLE = '{"kv_cache_memory_bytes": 268435456, "max_model_len": 512}'
 VLLM_GPU_EXAMPLE = '{"gpu_memory_utilization": 0.5, "max_model_len": 4096}'
 
 
+# typer: one parameter per command-line option; the body only builds the job's typed options and calls it.
 @app.command("generate")
 def generate(
     model: str = typer.Option(..., "--model", help="A transformers model folder (weights + tokenizer), "

@@ -123,7 +123,7 @@ def rollouts_on_ray(prompts: Sequence[PromptRecord], *, checkpoint: str, model_n
 
 def _vllm(ray, ds, prompts, checkpoint, model_name, n, sampling, seed, verifier, actors, batch_size, engine,
           log_engine_metrics, placement):
-    """The vLLM half of `rollouts_on_ray` (its arguments, resolved): sample every (prompt, sample
+    """The vLLM half of `rollouts_on_ray` (its fourteen arguments, resolved: hence the count): sample every (prompt, sample
     index) through `ray.data.llm`, then build rows with `generate_rollouts` on a replaying generator."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
