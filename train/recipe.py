@@ -248,6 +248,30 @@ def micro_step(ctx: StepContext, mb_rows: pa.Table, advantages_B: Tensor, lam: f
     return loss, lm, kl_stats, t, ent_BT
 
 
+def step_gradients(ctx: StepContext, rows: Any, lam: float, rank: int, autocast: Any) -> dict[str, float]:
+    """Accumulate one optimizer step's gradients into the student: group advantages over the
+    step's global batch (`rows`, an Arrow table of whole groups), then this rank's share in
+    micro-batches (the last one syncs DDP). Returns the step's summed metrics on this rank."""
+    world = ctx.world
+    advantages_B = L.group_advantages(torch.tensor(rows.column("reward").to_numpy()), rows.column("group_id").to_pylist())
+    num_tokens, num_seqs = _num_tokens(rows), rows.num_rows  # global counts of this optimizer step
+    local_idx = list(range(rank * num_seqs // world, (rank + 1) * num_seqs // world))
+    size = ctx.cfg.data.micro_batch_size
+    micro = [local_idx[s: s + size] for s in range(0, len(local_idx), size)]
+    sums: dict[str, float] = {}
+    for k, idx in enumerate(micro):
+        last = k == len(micro) - 1
+        sync_ctx = ctx.wrapped.no_sync() if (world > 1 and hasattr(ctx.wrapped, "no_sync") and not last) else nullcontext()
+        with sync_ctx:
+            with autocast:
+                loss, lm, kl_stats, t, ent_BT = micro_step(ctx, rows.take(idx), advantages_B[idx], lam,
+                                                           num_tokens=num_tokens, num_seqs=num_seqs)
+            (loss * world).backward()
+        _accumulate(sums, lm, kl_stats, t, ent_BT, n_tokens_mb=int(t.response_mask_BT.sum()),
+                    num_tokens=num_tokens, num_seqs=num_seqs)
+    return sums
+
+
 # ------------------------------------------------------------------------------------- setup
 
 
@@ -395,6 +419,22 @@ def load_checkpoint(path: Path, *, wrapped: nn.Module, optimizer: torch.optim.Op
     return int(ck["step"])
 
 
+def resume(cfg: TrainConfig, *, wrapped: nn.Module, optimizer: torch.optim.Optimizer, teacher: Teacher,
+           stream: BatchStream, world: int, log: Callable[[str], None]) -> int:
+    """The step to start from: 0, or the step of ``<run.out>``'s latest checkpoint after loading it
+    (refused with ValueError when it was written by another experiment's config)."""
+    ck = latest_checkpoint(Path(cfg.run.out))
+    if ck is None:
+        return 0
+    saved = torch.load(ck, map_location="cpu", weights_only=False)["config"]
+    _check_resumable(saved, to_dict(cfg), ck)
+    same_data = saved["data"]["shards"] == cfg.data.shards
+    start = load_checkpoint(ck, wrapped=wrapped, optimizer=optimizer, teacher=teacher, stream=stream,
+                            world=world, same_data=same_data)
+    log(f"resumed from {ck} at step {start}" + ("" if same_data else " (new shards: data from their start)"))
+    return start
+
+
 def _prune(ckdir: Path, keep: int) -> None:
     files = sorted(ckdir.glob("step-*.pt"))
     for f in files[:-keep] if keep > 0 else []:
@@ -537,15 +577,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
     wrapped = wrap_distributed(PolicyScorer(model), cfg, world, device)
     optimizer = torch.optim.AdamW(wrapped.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
-    start = 0
-    ck = latest_checkpoint(out)
-    if ck is not None:
-        saved = torch.load(ck, map_location="cpu", weights_only=False)["config"]
-        _check_resumable(saved, to_dict(cfg), ck)
-        same_data = saved["data"]["shards"] == cfg.data.shards
-        start = load_checkpoint(ck, wrapped=wrapped, optimizer=optimizer, teacher=teacher, stream=stream,
-                                world=world, same_data=same_data)
-        log(f"resumed from {ck} at step {start}" + ("" if same_data else " (new shards: data from their start)"))
+    start = resume(cfg, wrapped=wrapped, optimizer=optimizer, teacher=teacher, stream=stream, world=world, log=log)
     router = setup_skill_bank(cfg, tokenizer, prompt_key, out, start, rank)
     if rank == 0:  # only now: a start that fails above leaves no folder or config.yaml behind
         out.mkdir(parents=True, exist_ok=True)
@@ -564,26 +596,9 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
         t0 = time.perf_counter()
         rows = ROUTE_TRANSFORMS[row.route](stream.next(), cfg.data.seed)  # Arrow, as read from the shards
         rows, bank_metrics = assign_skills(router, rows, step) if router is not None else (rows, {})
-        advantages_B = L.group_advantages(torch.tensor(rows.column("reward").to_numpy()),
-                                          rows.column("group_id").to_pylist())
-        num_tokens = _num_tokens(rows)  # global counts of this optimizer step
-        num_seqs = rows.num_rows
-        lo, hi = rank * num_seqs // world, (rank + 1) * num_seqs // world
-        local_idx = list(range(lo, hi))
         lam = lambda_at(row, cfg.method, step)
         optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
-        micro = [local_idx[s: s + cfg.data.micro_batch_size] for s in range(0, len(local_idx), cfg.data.micro_batch_size)]
-        for k, idx in enumerate(micro):
-            sync_ctx = wrapped.no_sync() if (world > 1 and hasattr(wrapped, "no_sync") and k < len(micro) - 1) \
-                else nullcontext()
-            with sync_ctx:
-                with autocast:
-                    loss, lm, kl_stats, t, ent_BT = micro_step(ctx, rows.take(idx), advantages_B[idx], lam,
-                                                               num_tokens=num_tokens, num_seqs=num_seqs)
-                (loss * world).backward()
-            _accumulate(sums, lm, kl_stats, t, ent_BT, n_tokens_mb=int(t.response_mask_BT.sum()),
-                        num_tokens=num_tokens, num_seqs=num_seqs)
+        sums = step_gradients(ctx, rows, lam, rank, autocast)
         grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.optim.grad_clip)
         optimizer.step()
         teacher.update(step + 1)  # copy every K optimizer steps, or EMA, or nothing (live)
