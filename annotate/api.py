@@ -17,10 +17,10 @@ from urllib.parse import urlsplit, urlunsplit
 from annotate.engine import EngineConfig, Summary, request_key, run_calls
 from annotate.journal import canonical
 from annotate.parse import map_answer, parse_json
-from annotate.templates import PromptTemplate, load
 from annotate.protocol import Provenance, RowResult
 from annotate.secrets import redact
-from annotate.spans_adapter import render_numbered, segments
+from annotate.templates import PromptTemplate, load
+from spans import numbered
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ class ApiAnnotator:
         tpl = self.key_tpl if rec["correct"] else self.err_tpl
         return build_body(tpl, self.model, self.params, prompt=rec.get("prompt") or "",
                           reference=rec.get("reference") or "(none)",
-                          numbered=render_numbered(segments(rec["response"])))
+                          numbered=numbered(rec["response"]))
 
     def annotate(self, records: list[dict]) -> list[RowResult]:
         idx = [i for i, r in enumerate(records) if r.get("correct") is not None]

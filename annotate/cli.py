@@ -7,10 +7,13 @@ names the annotator, the model and the prompt-template hash. Heavy imports happe
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 from rich.console import Console
+
+from datastore.cli_options import STORE, VERSION
 
 annotate_app = typer.Typer(
     no_args_is_help=True,
@@ -31,8 +34,6 @@ skills_app = typer.Typer(
 )
 console = Console(stderr=True)
 
-STORE = typer.Option(..., "--store", help="Datastore directory (made by `spanroute data import` or `rollouts generate`).")
-VERSION = typer.Option(None, "--version", help="Version number or tag to annotate (default: latest).")
 BASE_URL = typer.Option(None, "--base-url", help="OpenAI-compatible base URL, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1 (vllm serve). (default: $OPENAI_BASE_URL, else OpenAI)")
 MODEL = typer.Option(..., "--model", help="Model name as the endpoint knows it, e.g. gpt-4o-mini.")
 KEY_ENV = typer.Option("OPENAI_API_KEY", "--api-key-env", help="NAME of the environment variable holding the API key (the key itself is never a flag, never stored, never printed).")
@@ -55,39 +56,86 @@ RAY_ACTORS = typer.Option(2, "--ray-actors", min=1, help="Most Ray actors annota
 BATCH_IMPORT = typer.Option(None, "--batch-import", help="Load a Batch API output JSONL into the cache first; the run then serves those rows from the cache.")
 
 
-def _engine_config(store: Path, base_url, key_env, concurrency, timeout, attempts, max_cost, price_in,
-                   price_out, model, cache, progress, label):
-    import os
+@dataclass(frozen=True)
+class EngineOptions:
+    """The endpoint and the engine's limits, as `annotate api|self` and `skills extract` take them
+    (units: seconds, USD, USD per 1M tokens)."""
 
-    from annotate.engine import EngineConfig
-    from annotate.pricing import price_for
+    base_url: str | None
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 32
+    timeout: float = 60.0
+    max_attempts: int = 8
+    max_cost: float | None = None
+    price_in: float | None = None
+    price_out: float | None = None
+    cache: str | None = None
+    progress: bool = True
 
-    price, known = price_for(model, price_in, price_out)
-    if not known:
-        console.print(f"[yellow]no price known for model {model!r}: cost counted as 0 "
-                      "(give --price-in/--price-out for a paid API)[/]")
-    if max_cost is not None and not known:
-        raise ValueError("--max-cost needs a price: give --price-in/--price-out for this model")
-    url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-    if url != "in-process":
-        from annotate.faults import require_key
+    def config(self, store: Path, label: str):
+        """The `EngineConfig`: price looked up (refused with --max-cost when unknown), the URL from
+        $OPENAI_BASE_URL when not given, and a missing API key refused before the store is read."""
+        import os
 
-        require_key(url, key_env)  # a missing key is refused here, before the store is even read
-    return EngineConfig(base_url=url, cache_path=Path(cache) if cache else Path(store) / "_annotate" / "cache.sqlite",
-                        api_key_env=key_env, concurrency=concurrency, timeout_s=timeout, max_attempts=attempts,
-                        price=price, max_cost_usd=max_cost, progress=progress, label=label)
+        from annotate.engine import EngineConfig
+        from annotate.pricing import price_for
+
+        price, known = price_for(self.model, self.price_in, self.price_out)
+        if not known:
+            console.print(f"[yellow]no price known for model {self.model!r}: cost counted as 0 "
+                          "(give --price-in/--price-out for a paid API)[/]")
+        if self.max_cost is not None and not known:
+            raise ValueError("--max-cost needs a price: give --price-in/--price-out for this model")
+        url = self.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        if url != "in-process":
+            from annotate.faults import require_key
+
+            require_key(url, self.api_key_env)  # a missing key is refused here, before the store is even read
+        cache = Path(self.cache) if self.cache else Path(store) / "_annotate" / "cache.sqlite"
+        return EngineConfig(base_url=url, cache_path=cache, api_key_env=self.api_key_env,
+                            concurrency=self.concurrency, timeout_s=self.timeout, max_attempts=self.max_attempts,
+                            price=price, max_cost_usd=self.max_cost, progress=self.progress, label=label)
 
 
-def _executor(name: str, address: str | None, actors: int, http: bool, progress: bool = True, label: str = ""):
-    """The `Executor` for --executor; HTTP annotators ask Ray for a quarter CPU per actor (waiting on
-    the network, and whole CPUs would starve the reader), CPU-bound ones for half a CPU."""
-    from annotate.executor import make_executor
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """--executor, --ray-address, --ray-actors."""
 
-    if name == "local":
-        return make_executor(name, address)
-    return make_executor(name, address, actors=actors, num_cpus=0.25 if http else 0.5, progress=progress,
-                         label=f"{label} (ray)")
+    name: str = "local"
+    ray_address: str | None = None
+    ray_actors: int = 2
 
+    def make(self, http: bool, progress: bool = True, label: str = ""):
+        """The `Executor`; HTTP annotators ask Ray for a quarter CPU per actor (waiting on the
+        network, and whole CPUs would starve the reader), CPU-bound ones for half a CPU."""
+        from annotate.executor import make_executor
+
+        if self.name == "local":
+            return make_executor(self.name, self.ray_address)
+        return make_executor(self.name, self.ray_address, actors=self.ray_actors, num_cpus=0.25 if http else 0.5,
+                             progress=progress, label=f"{label} (ray)")
+
+
+@dataclass(frozen=True)
+class ApiJob:
+    """One `annotate api|self` run: who answers (`engine`), what is asked, and where batches run.
+
+    `in_process` loads `checkpoint` with transformers instead of calling `engine.base_url`;
+    `batch_export` writes the uncached requests as a Batch API file and stops; `batch_import`
+    loads a Batch API output into the cache first."""
+
+    source: str  # api | self
+    engine: EngineOptions
+    executor: ExecutorOptions = ExecutorOptions()
+    max_tokens: int = 512
+    response_format: str = "json_schema"
+    prompts: str | None = None
+    limit: int | None = None
+    checkpoint: str | None = None
+    in_process: bool = False
+    batch_export: str | None = None
+    batch_import: str | None = None
 
 def _summary_of(ann, executor):
     """The engine summary of the run: the annotator's own (local) or the merged one of the Ray batches."""
@@ -128,41 +176,38 @@ def _report(v: int, results, summary=None) -> None:
     print(json.dumps(line))
 
 
-def _api(store, version, base_url, model, key_env, concurrency, timeout, attempts, max_cost, price_in,
-         price_out, max_tokens, response_format, prompts, cache, limit, progress, source, checkpoint=None,
-         batch_export=None, batch_import=None, in_process=False, executor="local", ray_address=None,
-         ray_actors=2):
+def _api(store: Path, version, job: ApiJob) -> None:
     from annotate.api import ApiAnnotator, RequestParams
     from annotate.batch import export_batch, import_batch
     from annotate.job import annotate_store, read_records
 
     st = _open_store(store)
-    cfg = _engine_config(store, base_url, key_env, concurrency, timeout, attempts, max_cost, price_in,
-                         price_out, model, cache, progress, f"annotate {source}")
+    cfg = job.engine.config(store, f"annotate {job.source}")
     runner = None
-    if in_process:
+    if job.in_process:
         from annotate.local import GeneratorRunner
-        from train.rollout import HFGenerator
+        from train.rollouts.hf_generator import HFGenerator
 
-        runner = GeneratorRunner(HFGenerator.from_pretrained(checkpoint, model_name=model), cfg.cache_path)
-    ann = ApiAnnotator(cfg, model, source=source, prompt_dir=prompts, checkpoint=checkpoint, runner=runner,
-                       params=RequestParams(max_tokens=max_tokens, response_format=response_format))
-    if batch_import:
-        stored, errors = import_batch(Path(batch_import), cfg.cache_path, cfg.price)
+        runner = GeneratorRunner(HFGenerator.from_pretrained(job.checkpoint, model_name=job.engine.model),
+                                 cfg.cache_path)
+    ann = ApiAnnotator(cfg, job.engine.model, source=job.source, prompt_dir=job.prompts, checkpoint=job.checkpoint,
+                       runner=runner, params=RequestParams(max_tokens=job.max_tokens,
+                                                           response_format=job.response_format))
+    if job.batch_import:
+        stored, errors = import_batch(Path(job.batch_import), cfg.cache_path, cfg.price)
         console.print(f"imported {stored} batch answers into the cache ({errors} error lines skipped)")
-    if batch_export:
-        bodies = [b for b in map(ann.body_for, read_records(st, version, limit)[1]) if b is not None]
-        n = export_batch(bodies, cfg.cache_path, Path(batch_export))
-        console.print(f"wrote {n} requests to {batch_export}; submit it with the Batch API, then rerun "
+    if job.batch_export:
+        bodies = [b for b in map(ann.body_for, read_records(st, version, job.limit)[1]) if b is not None]
+        n = export_batch(bodies, cfg.cache_path, Path(job.batch_export))
+        console.print(f"wrote {n} requests to {job.batch_export}; submit it with the Batch API, then rerun "
                       "this command with --batch-import OUTPUT.jsonl")
         return
-    ex = _executor(executor, ray_address, ray_actors, http=not in_process, progress=progress,
-                   label=f"annotate {source}")
-    v, results = annotate_store(st, ann, version, limit=limit, executor=None if executor == "local" else ex,
-                                extra={"executor": executor})
+    ex = job.executor.make(http=not job.in_process, progress=job.engine.progress, label=f"annotate {job.source}")
+    v, results = annotate_store(st, ann, version, limit=job.limit, executor=ex, extra={"executor": ex.name})
     _report(v, results, _summary_of(ann, ex))
 
 
+# typer: one parameter per command-line option; the body only builds the job's typed options and calls it.
 @annotate_app.command("api")
 def api_(store: Path = STORE, version: str = VERSION, base_url: str = BASE_URL, model: str = MODEL,
          api_key_env: str = KEY_ENV, concurrency: int = CONC, timeout: float = TIMEOUT,
@@ -177,12 +222,14 @@ def api_(store: Path = STORE, version: str = VERSION, base_url: str = BASE_URL, 
 
     Example: OPENAI_API_KEY=... spanroute annotate api --store runs/store --model gpt-4o-mini --max-cost 2
     """
-    _api(store, _v(version), base_url, model, api_key_env, concurrency, timeout, max_attempts, max_cost,
-         price_in, price_out, max_tokens, response_format, prompts, cache, limit, progress, "api",
-         batch_export=batch_export, batch_import=batch_import, executor=executor, ray_address=ray_address,
-         ray_actors=ray_actors)
+    engine = EngineOptions(base_url, model, api_key_env, concurrency, timeout, max_attempts, max_cost, price_in,
+                           price_out, cache, progress)
+    _api(store, _v(version), ApiJob("api", engine, ExecutorOptions(executor, ray_address, ray_actors), max_tokens,
+                                    response_format, prompts, limit, batch_export=batch_export,
+                                    batch_import=batch_import))
 
 
+# typer: one parameter per command-line option; the body only builds the job's typed options and calls it.
 @annotate_app.command("self")
 def self_(store: Path = STORE, version: str = VERSION,
           base_url: str = typer.Option(None, "--base-url", help="URL of `vllm serve CHECKPOINT` (or any OpenAI-compatible server of the policy)."),
@@ -204,9 +251,10 @@ def self_(store: Path = STORE, version: str = VERSION,
         checkpoint = resolve_model(checkpoint)
     if base_url and not model:
         model = served_model(base_url, api_key_env, checkpoint)
-    _api(store, _v(version), base_url or "in-process", model or checkpoint, api_key_env, concurrency, timeout,
-         max_attempts, None, 0.0, 0.0, max_tokens, response_format, prompts, cache, limit, progress, "self",
-         checkpoint, in_process=not base_url, executor=executor, ray_address=ray_address, ray_actors=ray_actors)
+    engine = EngineOptions(base_url or "in-process", model or checkpoint, api_key_env, concurrency, timeout,
+                           max_attempts, None, 0.0, 0.0, cache, progress)
+    _api(store, _v(version), ApiJob("self", engine, ExecutorOptions(executor, ray_address, ray_actors), max_tokens,
+                                    response_format, prompts, limit, checkpoint, in_process=not base_url))
 
 
 @annotate_app.command("rule")
@@ -219,12 +267,12 @@ def rule_(store: Path = STORE, version: str = VERSION, limit: int = LIMIT, execu
     from annotate.job import annotate_store
     from train.toy.rule import RuleAnnotator  # the toy world, looked up lazily
 
-    ex = _executor(executor, ray_address, ray_actors, http=False, label="annotate rule")
-    v, results = annotate_store(_open_store(store), RuleAnnotator(), _v(version), limit=limit,
-                                executor=None if executor == "local" else ex)
+    ex = ExecutorOptions(executor, ray_address, ray_actors).make(http=False, label="annotate rule")
+    v, results = annotate_store(_open_store(store), RuleAnnotator(), _v(version), limit=limit, executor=ex)
     _report(v, results)
 
 
+# typer: one parameter per command-line option; the body only builds the job's typed options and calls it.
 @skills_app.command("extract")
 def extract_(store: Path = STORE, version: str = VERSION,
              engine: str = typer.Option("rule", "--engine", help="rule (toy world, free) | api | self."),
@@ -248,32 +296,29 @@ def extract_(store: Path = STORE, version: str = VERSION,
         from train.toy.skills import RuleSkills  # the toy world, looked up lazily
 
         ext = RuleSkills(per)
-        summary = None
     elif engine in ("api", "self"):
         if not model:
             raise ValueError(f"--engine {engine} needs --model")
         from annotate.api import ApiAnnotator, RequestParams
 
-        cfg = _engine_config(store, base_url, api_key_env, concurrency, timeout, max_attempts, max_cost,
-                             price_in, price_out, model, cache, progress, f"skills {engine}")
+        cfg = EngineOptions(base_url, model, api_key_env, concurrency, timeout, max_attempts, max_cost, price_in,
+                            price_out, cache, progress).config(store, f"skills {engine}")
         ext = ApiSkills(ApiAnnotator(cfg, model, source=engine, prompt_dir=prompts,
                                      params=RequestParams(max_tokens=max_tokens, response_format=response_format)),
                         per=per)
-        summary = None
     else:
         raise ValueError(f"--engine must be rule, api or self, not {engine!r}")
     st = _open_store(store)
-    ex = _executor(executor, ray_address, ray_actors, http=engine != "rule", progress=progress,
-                   label=f"skills {engine}")
-    v, results = skills_store(st, ext, _v(version), limit=limit, executor=None if executor == "local" else ex)
-    summary = _summary_of(ext, ex)
+    ex = ExecutorOptions(executor, ray_address, ray_actors).make(http=engine != "rule", progress=progress,
+                                                                 label=f"skills {engine}")
+    v, results = skills_store(st, ext, _v(version), limit=limit, executor=ex)
     if bank is not None:
         sb = SkillBank.load(bank) if Path(bank).exists() else SkillBank()
         for r in read_records(st, v)[1]:
             if r.get("skill"):
                 sb.add(r.get("prompt_id") or r["rollout_id"], r["skill"])
         sb.save(bank)
-    _report(v, results, summary)
+    _report(v, results, _summary_of(ext, ex))
 
 
 def served_model(base_url: str, key_env: str, checkpoint: str) -> str:

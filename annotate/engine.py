@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import email.utils
 import hashlib
+import itertools
 import json
 import random
 import re
@@ -46,6 +46,7 @@ from annotate.faults import fatal_cause, refused, refused_cause, require_key
 from annotate.journal import CallRecord, Journal, canonical
 from annotate.ledger import Ledger
 from annotate.pricing import Price
+from annotate.progress import RunBar
 from annotate.secrets import secret_values
 
 
@@ -210,8 +211,9 @@ class _Run:
         self.reserved: set[str] = set()
         self.unsent: set[str] = set()
         self.stop = False
-        self._progress = None
-        self._task = None
+        self.bar = RunBar(config.label, total or None, {
+            "tokens": ("", "0.0k tok"), "cost": ("green", "$0.0000"), "retries": ("yellow", "0 retries"),
+            "failed": ("red", "0 failed")}, enabled=config.progress)
 
     def redact(self, text: str | None) -> str | None:
         if text:
@@ -365,33 +367,9 @@ class _Run:
         self.tick(1)
 
     def tick(self, n: int) -> None:
-        if self._progress is not None:
-            s = self.summary
-            self._progress.update(
-                self._task, advance=n,
-                tokens=f"{(s.prompt_tokens + s.completion_tokens) / 1000:.1f}k tok",
-                cost=f"${s.cost_usd:.4f}", retries=f"{s.retries} retries", failed=f"{s.failed} failed",
-            )
-
-    def start_progress(self):
-        if not self.cfg.progress:
-            return None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("[cyan]{task.fields[rate]}"),
-            TextColumn("{task.fields[tokens]}"), TextColumn("[green]{task.fields[cost]}"),
-            TextColumn("[yellow]{task.fields[retries]}"), TextColumn("[red]{task.fields[failed]}"),
-            TimeRemainingColumn(), refresh_per_second=4, transient=False,
-            console=Console(stderr=True),  # stdout stays for the command's result line
-        )
-        self._task = self._progress.add_task(self.cfg.label, total=self.summary.requests or None, rate="",
-                                             tokens="0.0k tok", cost="$0.0000", retries="0 retries",
-                                             failed="0 failed")
-        self._progress.start()
-        return self._progress
+        s = self.summary
+        self.bar.update(n, tokens=f"{(s.prompt_tokens + s.completion_tokens) / 1000:.1f}k tok",
+                        cost=f"${s.cost_usd:.4f}", retries=f"{s.retries} retries", failed=f"{s.failed} failed")
 
 
 def _short(text: str, n: int = 300) -> str:
@@ -401,6 +379,9 @@ def _short(text: str, n: int = 300) -> str:
 # ---------------------------------------------------------------------------------------------
 async def _run(bodies: Iterable[dict], cfg: EngineConfig, total: int | None,
                order: list[str]) -> tuple[dict[str, CallRecord], Summary]:
+    """The engine's main flow in one place (over 80 lines on purpose): a dispatcher renders, hashes
+    and journals requests chunk by chunk, workers send them, a flusher commits the journal; the
+    three coroutines share this run's state (`run`, `keyed`, the queue), so they stay nested here."""
     import openai
     from openai import DefaultAioHttpClient
 
@@ -412,7 +393,7 @@ async def _run(bodies: Iterable[dict], cfg: EngineConfig, total: int | None,
     crashed = journal.inflight()
     # key -> (canonical JSON, body); filled as bodies are rendered, so sending starts at once
     keyed: dict[str, tuple[str, dict]] = {}
-    progress = run.start_progress()
+    run.bar.start()
     queue: asyncio.Queue = asyncio.Queue()
     limiter = _Limiter(cfg.concurrency)
 
@@ -449,8 +430,7 @@ async def _run(bodies: Iterable[dict], cfg: EngineConfig, total: int | None,
             for k in todo:
                 queue.put_nowait(k)
         run.summary.requests = len(keyed)
-        if progress is not None:
-            progress.update(run._task, total=len(keyed))
+        run.bar.update(total=len(keyed))
         for _ in range(cfg.concurrency):
             queue.put_nowait(None)
 
@@ -472,9 +452,7 @@ async def _run(bodies: Iterable[dict], cfg: EngineConfig, total: int | None,
         while True:
             await asyncio.sleep(cfg.flush_s)
             journal.flush()
-            if progress is not None:
-                el = time.perf_counter() - t0
-                progress.update(run._task, rate=f"{run.summary.done / max(el, 1e-9):.1f} req/s")
+            run.bar.update(rate=f"{run.summary.done / max(time.perf_counter() - t0, 1e-9):.1f} req/s")
 
     try:
         async with openai.AsyncOpenAI(
@@ -493,8 +471,7 @@ async def _run(bodies: Iterable[dict], cfg: EngineConfig, total: int | None,
         journal.close()
         ledger.release(run.reserved | set(keyed))  # this run's keys hold no reservation after it
         ledger.close()
-        if progress is not None:
-            progress.stop()
+        run.bar.stop()
     run.summary.skipped = len(keyed) - len(run.records)
     run.summary.min_concurrency = limiter.min_seen
     run.summary.elapsed_s = time.perf_counter() - t0

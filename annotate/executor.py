@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
+from annotate.progress import RunBar
 from annotate.protocol import RowResult
 from spans.model import Span
 
@@ -80,8 +81,9 @@ def result_from_json(text: str) -> RowResult:
 
 
 class _BatchWorker:
-    """The actor: runs `fn` on a batch and ships records, results and the engine's run summary back
-    as JSON strings (Arrow columns), so the driver rebuilds exactly what the local executor returns."""
+    """The actor: runs `fn` on a batch and ships back only what the driver lacks: each row's result
+    (JSON), keyed by the row's ``rollout_id``, and the engine's run summary. The records themselves
+    never travel back: the driver reads them from the same pinned version, as the local executor does."""
 
     def __init__(self, fn: BatchFn):
         self.fn = fn
@@ -95,7 +97,7 @@ class _BatchWorker:
         results = self.fn(records) if records else []  # a filtered block can be empty
         summary = _summary_of(self.fn) if records else None
         return pa.table({
-            "_rec": pa.array([json.dumps(r, ensure_ascii=False) for r in records], pa.string()),
+            "_id": pa.array([r["rollout_id"] for r in records], pa.string()),
             "_res": pa.array([result_to_json(x) for x in results], pa.string()),
             "_summary": pa.array(([json.dumps(summary) if summary else None] + [None] * (len(records) - 1))[: len(records)],
                                  pa.string()),
@@ -155,10 +157,11 @@ class RayExecutor:
         ctx.enable_progress_bars = False  # the rich bar below shows rows/s, cost and failures
         ctx.print_on_execution_start = False
         ds = ray.data.read_lance(store.uri, version=version, columns=columns)
-        # Positions in the version (the key column only), so results come back in LocalExecutor's order.
-        ids = store.dataset(version).to_table(columns=["rollout_id"])["rollout_id"].to_pylist()
+        # The records as LocalExecutor reads them; results are put back at their rows' positions.
+        table = store.read(version=version, columns=columns)
+        records = (table.slice(0, int(limit)) if limit else table).to_pylist()
+        ids = [r["rollout_id"] for r in records]
         if limit:
-            ids = ids[: int(limit)]
             ds = ds.map_batches(_first_rows, fn_kwargs={"keep": set(ids)}, batch_format="pyarrow", zero_copy_batch=True)
         position = {rid: i for i, rid in enumerate(ids)}
         n_total = len(ids)
@@ -171,21 +174,21 @@ class RayExecutor:
         else:
             out = ds.map_batches(_BatchWorker, fn_constructor_args=(fn,), batch_size=self.config.batch_size,
                                  batch_format="pyarrow", compute=strategy, **remote)
-        rows: list[tuple[int, dict, RowResult]] = []
+        rows: list[tuple[int, RowResult]] = []
         summaries: list[dict] = []
-        with _Progress(self.config, n_total) as bar:
+        with _RowBar(self.config, n_total) as bar:
             for batch in out.iter_batches(batch_format="pyarrow", batch_size=None):
-                part = [(position[rec["rollout_id"]], rec, result_from_json(x)) for rec, x in
-                        zip(map(json.loads, batch["_rec"].to_pylist()), batch["_res"].to_pylist())]
+                part = [(position[rid], result_from_json(x)) for rid, x in
+                        zip(batch["_id"].to_pylist(), batch["_res"].to_pylist())]
                 summaries += [json.loads(s) for s in batch["_summary"].to_pylist() if s]
                 rows += part
-                bar.advance([x for _, _, x in part])
+                bar.advance([x for _, x in part])
         rows.sort(key=lambda t: t[0])
-        if len({i for i, _, _ in rows}) != len(rows) or len(rows) != n_total:
+        if len({i for i, _ in rows}) != len(rows) or len(rows) != n_total:
             raise RuntimeError(f"ray executor: {len(rows)} results for {n_total} rows of version {version} "
                                f"of {store.uri} (a batch was lost or duplicated)")
         self.summary = merge_summaries(summaries)
-        return [r for _, r, _ in rows], [x for _, _, x in rows]
+        return records, [x for _, x in rows]
 
 
 def _first_rows(batch, keep):
@@ -204,41 +207,30 @@ def _add_group(batch, key):
     return batch.append_column("_group", pa.array(groups, pa.string()))
 
 
-class _Progress:
-    """A rich bar in the driver: rows, rows/s, cost (as recorded on the rows) and failed rows."""
+class _RowBar:
+    """The run bar over rows as Ray batches come back: rows/s, cost (as recorded on the rows), failed rows."""
 
     def __init__(self, config: RayConfig, total: int):
-        self.cfg, self.total, self.t0 = config, total, time.perf_counter()
+        self.t0 = time.perf_counter()
         self.done = self.failed = 0
         self.cost = 0.0
-        self._bar = None
+        self.bar = RunBar(config.label, total, {"cost": ("green", "$0.0000"), "failed": ("red", "0 failed")},
+                          enabled=config.progress)
 
     def __enter__(self):
-        if self.cfg.progress:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("[cyan]{task.fields[rate]}"), TextColumn("[green]{task.fields[cost]}"),
-                                 TextColumn("[red]{task.fields[failed]}"), TimeRemainingColumn(),
-                                 console=Console(stderr=True), refresh_per_second=4)
-            self._task = self._bar.add_task(self.cfg.label, total=self.total, rate="", cost="$0.0000",
-                                            failed="0 failed")
-            self._bar.start()
+        self.bar.start()
         return self
 
     def advance(self, results: list[RowResult]) -> None:
         self.done += len(results)
         self.failed += sum(1 for r in results if r.status == "failed")
         self.cost += sum(r.cost_usd for r in results)
-        if self._bar is not None:
-            rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
-            self._bar.update(self._task, advance=len(results), rate=f"{rate:.1f} rows/s",
-                             cost=f"${self.cost:.4f}", failed=f"{self.failed} failed")
+        rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.update(len(results), rate=f"{rate:.1f} rows/s", cost=f"${self.cost:.4f}",
+                        failed=f"{self.failed} failed")
 
     def __exit__(self, *exc):
-        if self._bar is not None:
-            self._bar.stop()
+        self.bar.stop()
 
 
 def make_executor(name: str, address: str | None = None, **ray_kwargs) -> Executor:

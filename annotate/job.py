@@ -13,22 +13,28 @@ from dataclasses import dataclass, replace
 
 import pyarrow as pa
 
+from annotate.executor import LocalExecutor
 from annotate.faults import JobStopped
 from annotate.protocol import Annotator, Provenance, RowResult
-from annotate.spans_adapter import merge_spans, validate_spans
 from datastore.schema import ANNOTATION_TYPE, evidence_entries
-from spans.model import SPANS_TYPE, Span
+from spans import SPANS_TYPE, Span, merge_spans, validate_row
 
 READ_COLUMNS = ["rollout_id", "prompt_id", "group_id", "prompt", "response", "correct", "reference", "skill",
                 "spans", "error_type", "annotation"]
 GOOD = ("ok", "repaired")  # statuses whose spans are written; failed | truncated | skipped keep the old ones
 
 
-def read_records(store, version=None, limit: int | None = None) -> tuple[int, list[dict]]:
-    """(resolved version, rows as dicts) of the columns annotators use."""
+def resolve_version(store, version=None) -> int:
+    """`version` (a number or tag; default: the latest) as a version number; refused for an empty store."""
     v = store.latest_version() if version is None else store.resolve(version)
     if v is None:
         raise ValueError(f"store {store.path} is empty: `spanroute rollouts generate` or `spanroute data import` writes the first one")
+    return v
+
+
+def read_records(store, version=None, limit: int | None = None) -> tuple[int, list[dict]]:
+    """(resolved version, rows as dicts) of the columns annotators use."""
+    v = resolve_version(store, version)
     rows = store.read(version=v, columns=READ_COLUMNS).to_pylist()
     return v, rows[:limit] if limit else rows
 
@@ -39,9 +45,10 @@ def checked(rec: dict, res: RowResult, max_fraction: float | None = 0.25) -> Row
     whose spans are all dropped by the cap fails with that reason."""
     if res.status not in ("ok", "repaired") or not res.spans:
         return res
-    kept, dropped, error = validate_spans(rec["response"], res.spans, rec["rollout_id"], max_fraction)
-    if error:
-        return replace(res, spans=[], status="failed", error=error)
+    row = validate_row(rec["response"], res.spans, rollout_id=rec["rollout_id"], max_fraction=max_fraction)
+    kept, dropped = list(row.spans), list(row.dropped)
+    if not row.ok:
+        return replace(res, spans=[], status="failed", error=str(row.error))
     if not dropped:
         return replace(res, spans=kept)
     note = (f"cap: {len(dropped)} of {len(res.spans)} spans dropped (over {max_fraction:.0%} of the response)")
@@ -65,16 +72,11 @@ class AnnotateBatch:
 
 
 def _map(store, annotator, limit, executor, *, version=None, check=True, group_key=None):
-    """(records, results) of `version`, through `executor` (None: read here and annotate in-process,
-    exactly as before executors existed)."""
-    if executor is None:
-        parent, records = read_records(store, version, limit)
-        return parent, records, AnnotateBatch(annotator, check)(records)
-    parent = store.latest_version() if version is None else store.resolve(version)
-    if parent is None:
-        raise ValueError(f"store {store.path} is empty: `spanroute rollouts generate` or `spanroute data import` writes the first one")
-    records, results = executor.map_rows(store, parent, READ_COLUMNS, AnnotateBatch(annotator, check),
-                                         limit=limit, group_key=group_key)
+    """(parent version, records, results) of `version`, through `executor` (None: `LocalExecutor`,
+    this process)."""
+    parent = resolve_version(store, version)
+    records, results = (executor or LocalExecutor()).map_rows(
+        store, parent, READ_COLUMNS, AnnotateBatch(annotator, check), limit=limit, group_key=group_key)
     return parent, records, results
 
 

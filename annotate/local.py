@@ -1,4 +1,4 @@
-"""`annotate self` in-process: the policy's own `Generator` (train/rollout.py) answers the prompts.
+"""`annotate self` in-process: the policy's own `Generator` (train/rollouts/generate.py) answers the prompts.
 
 Same requests, cache and evidence as the HTTP path: each rendered request is hashed the same way
 (its ``model`` is the checkpoint), looked up in the same SQLite cache, and only misses are
@@ -23,7 +23,7 @@ from annotate.journal import CallRecord, Journal, canonical
 class GeneratorRunner:
     """A drop-in for `engine.run_calls` that answers with a local `Generator` instead of HTTP."""
 
-    generator: object  # train.rollout.Generator (has .generate and .tokenizer for HF)
+    generator: object  # train.rollouts.generate.Generator (has .generate and .tokenizer for HF)
     cache_path: Path
     batch_size: int = 16
 
@@ -34,7 +34,7 @@ class GeneratorRunner:
         return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\n\nassistant:"
 
     def __call__(self, bodies: list[dict]) -> tuple[dict[str, CallRecord], Summary]:
-        from train.rollout import Sampling
+        from train.rollouts.generate import Sampling
 
         t0 = time.perf_counter()
         keyed = {}

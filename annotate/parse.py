@@ -13,8 +13,7 @@ import re
 from dataclasses import dataclass
 
 from annotate.templates import ERROR_TYPES
-from annotate.spans_adapter import Seg, locate, segments
-from spans.model import Span
+from spans import Segment, Span, locate, numbered_steps
 
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
 # Reasoning models think out loud inside these tags; what is inside is a draft, never the answer.
@@ -109,9 +108,9 @@ class Mapped:
 
 
 def map_answer(obj: dict, response: str, label: str, source: str, annotator: str,
-               segs: list[Seg] | None = None) -> Mapped:
+               segs: list[Segment] | None = None) -> Mapped:
     """Turn a parsed answer ``{"steps": [{segment, quote, reason}], "error_type"?}`` into spans."""
-    segs = segments(response) if segs is None else segs
+    segs = numbered_steps(response) if segs is None else segs
     notes: list[str] = []
     steps = obj.get("steps")
     if not isinstance(steps, list):

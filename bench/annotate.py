@@ -1,6 +1,6 @@
 """Annotation engine throughput against the scripted OpenAI-compatible server with 100 ms latency.
 
-The server runs in its own process (`python -m annotate.scripted_server --latency 0.1`); the client
+The server runs in its own process (`python -m annotate.testing.scripted_server --latency 0.1`); the client
 is the real engine (`annotate.engine.run_calls`: openai.AsyncOpenAI on aiohttp, SQLite journal and
 cache, adaptive limiter) with a fresh cache, so every request is really sent. Measured in the same
 run: the engine at concurrency 64, and a sequential client (the same engine at concurrency 1).
@@ -54,7 +54,7 @@ def main() -> None:
     n = a.requests or (1500 if a.quick else 6000)
     n_seq = 20 if a.quick else 50
     load0 = round(os.getloadavg()[0], 2)  # other work on the box competes with client and server
-    server = subprocess.Popen([sys.executable, "-m", "annotate.scripted_server", "--latency", str(a.latency)],
+    server = subprocess.Popen([sys.executable, "-m", "annotate.testing.scripted_server", "--latency", str(a.latency)],
                               stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
     try:
         line = server.stdout.readline().strip()

@@ -95,6 +95,8 @@ def dir_bytes(path: Path) -> int:
 
 
 def run(n: int, tokens: int, workdir: Path) -> dict:
+    """Every measured operation on one store of `n` rows, in order, each against its baseline in
+    the same run; one long function on purpose, so the sequence reads as the benchmark's script."""
     _, table = timed(lambda: synthetic(n, tokens))
     store = Store(workdir / "store")
     pq_path, ipc_path = workdir / "r.parquet", workdir / "r.arrow"

@@ -1,7 +1,7 @@
 """Annotation throughput: the Ray executor vs the local executor, same job, same run.
 
 The scripted OpenAI-compatible server runs in its own process with a fixed 20 ms latency per
-answer (`python -m annotate.scripted_server --latency 0.02`). Each executor annotates a fresh copy
+answer (`python -m annotate.testing.scripted_server --latency 0.02`). Each executor annotates a fresh copy
 of the same toy store (N rollouts, one request each, fresh request cache so every request is
 really sent) with `annotate.job.annotate_store` — read the pinned version, annotate, one commit.
 requests/s = requests sent / wall time of the whole job (read + annotate + commit). Ray's cluster
@@ -72,7 +72,7 @@ def main() -> None:
     a = p.parse_args()
     n = a.rows or (400 if a.quick else 3000)
     load0 = round(os.getloadavg()[0], 2)
-    server = subprocess.Popen([sys.executable, "-m", "annotate.scripted_server", "--latency", str(a.latency)],
+    server = subprocess.Popen([sys.executable, "-m", "annotate.testing.scripted_server", "--latency", str(a.latency)],
                               stdout=subprocess.PIPE, text=True, cwd=ROOT)
     work = Path(tempfile.mkdtemp(prefix="bench-ray-"))
     try:
@@ -90,7 +90,7 @@ def main() -> None:
         init_s = time.perf_counter() - t0
         ex = RayExecutor(RayConfig(actors=a.actors, batch_size=a.batch_size, progress=False))
         # A second, fresh server: the first one would replay its stored answers by Idempotency-Key.
-        server2 = subprocess.Popen([sys.executable, "-m", "annotate.scripted_server", "--latency", str(a.latency)],
+        server2 = subprocess.Popen([sys.executable, "-m", "annotate.testing.scripted_server", "--latency", str(a.latency)],
                                    stdout=subprocess.PIPE, text=True, cwd=ROOT)
         try:
             url2 = server2.stdout.readline().strip().split()[-1]

@@ -36,7 +36,7 @@ WORD_PROBLEMS = [
 
 def measure(gen_factory, records, n, sampling, seed):
     """(tokens/s, seconds, table) of generate_rollouts with a generator from gen_factory()."""
-    from train.rollout import generate_rollouts
+    from train.rollouts.generate import generate_rollouts
 
     gen = gen_factory()
     t = time.perf_counter()
@@ -47,7 +47,7 @@ def measure(gen_factory, records, n, sampling, seed):
 
 
 def bench_model(label, model, tok, records, n, sampling, batch_size):
-    from train.rollout import HFGenerator, logprob_max_abs_diff
+    from train.rollouts.hf_generator import HFGenerator, logprob_max_abs_diff
 
     name = label
     b_tps, b_s, b_tab = measure(lambda: HFGenerator(model, tok, model_name=name, batch_size=batch_size), records, n, sampling, 0)
@@ -77,8 +77,8 @@ def main() -> None:
 
     import torch
 
-    from train.rollout import PromptRecord, Sampling
-    from train.cache import cache_root
+    from datastore.cache import cache_root
+    from train.rollouts.generate import PromptRecord, Sampling
     from train.toy import ToyPolicyRecipe, build_tokenizer, make_problems, tiny_model, toy_prompt_records
 
     if args.threads:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import typer
 
+from datastore.cli_options import STORE, VERSION
+
 app = typer.Typer(
     no_args_is_help=True,
     help=(
@@ -25,8 +27,6 @@ app = typer.Typer(
     ),
 )
 
-STORE = typer.Option(..., "--store", "-s", help="Store directory (created by the first import).")
-VERSION_HELP = "A version number or a tag name; default: the latest version."
 
 
 def _store(path: Path, create: bool = False):
@@ -125,7 +125,7 @@ def _cell(value, width: int = 48) -> str:
 @app.command("show")
 def show_(
     store: Path = STORE,
-    version: str = typer.Option(None, "--version", "-v", help=VERSION_HELP),
+    version: str = VERSION,
     limit: int = typer.Option(10, "--limit", help="Rows to show."),
     columns: str = typer.Option(
         "rollout_id,group_id,response,reward,correct,spans,error_type",
@@ -172,7 +172,7 @@ def diff_(
 def tag_(
     name: str = typer.Argument(..., help="Tag name: letters, digits, '.', '_', '-' (e.g. gen-run1, ann-api-0001)."),
     store: Path = STORE,
-    version: str = typer.Option(None, "--version", "-v", help=VERSION_HELP),
+    version: str = VERSION,
     meta: list[str] = typer.Option([], "--meta", help="Metadata KEY=VALUE carried by the tag. Repeatable."),
 ) -> None:
     """Give a version a name that `--version` accepts everywhere (tags never move)."""
@@ -189,7 +189,7 @@ def tag_(
 @app.command("export")
 def export_(
     store: Path = STORE,
-    version: str = typer.Option(None, "--version", "-v", help=VERSION_HELP),
+    version: str = VERSION,
     out: Path = typer.Option(..., "--out", "-o", help="Output path (must not exist): a file, or a folder for hf."),
     format: str = typer.Option(
         ..., "--format", "-f",
@@ -206,7 +206,7 @@ def export_(
 @app.command("verify")
 def verify_(
     store: Path = STORE,
-    version: str = typer.Option(None, "--version", "-v", help=VERSION_HELP),
+    version: str = VERSION,
 ) -> None:
     """Re-check a version from its data; exit 1 on any problem.
 

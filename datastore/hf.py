@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from datastore.schema import SCHEMA_VERSION
 
-# What `train.rollout.sampling_json` writes.
+# What `train.rollouts.generate.sampling_json` writes.
 SAMPLING_STRUCT = pa.struct([
     pa.field("temperature", pa.float64()), pa.field("top_p", pa.float64()), pa.field("top_k", pa.int64()),
     pa.field("max_new_tokens", pa.int64()), pa.field("stop", pa.list_(pa.string())), pa.field("n", pa.int64()),

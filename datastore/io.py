@@ -31,8 +31,10 @@ def _progress(total: int, what: str):
                     console=Console(stderr=True), disable=total < PROGRESS_MIN_BYTES)
 
 
-def parse_mapping(pairs: list[str] | None) -> dict[str, str | None]:
-    """``["src=dst", "junk="]`` -> ``{"src": "dst", "junk": None}`` (empty dst drops the column)."""
+def parse_mapping(pairs: list[str] | None, fields: tuple[str, ...] | None = None) -> dict[str, str | None]:
+    """``["src=dst", "junk="]`` -> ``{"src": "dst", "junk": None}`` (empty dst drops the column).
+    The one `--map` parser: `data import` maps onto store columns (checked when reading, against the
+    schema), `rollouts generate` onto its prompt `fields` (checked here)."""
     out: dict[str, str | None] = {}
     for p in pairs or []:
         if "=" not in p:
@@ -40,7 +42,10 @@ def parse_mapping(pairs: list[str] | None) -> dict[str, str | None]:
         src, dst = p.split("=", 1)
         if not src.strip():
             raise ValueError(f"bad --map {p!r}: empty source column name")
-        out[src.strip()] = dst.strip() or None
+        dst = dst.strip() or None
+        if fields is not None and dst is not None and dst not in fields:
+            raise ValueError(f"bad --map {p!r}: field {dst!r} is not one of {', '.join(fields)}")
+        out[src.strip()] = dst
     return out
 
 
@@ -123,40 +128,70 @@ def _rename(table: pa.Table, mapping: dict[str, str | None], source: str) -> pa.
     return table.rename_columns([plan[n] for n in keep])
 
 
+def _source_kind(path: Path) -> str:
+    """``jsonl``, ``parquet`` or ``hf`` (a ``save_to_disk`` directory); anything else is refused."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    if path.is_file() and path.suffix in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    if path.suffix == ".parquet" or (path.is_dir() and any(path.glob("*.parquet"))):
+        return "parquet"
+    if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
+        return "hf"
+    raise DataError(
+        f"{path}: unknown source kind; expected a .jsonl/.parquet file, a directory of .parquet "
+        f"files, or an HF datasets save_to_disk directory"
+    )
+
+
+def _read_arrow(path: Path, kind: str, split: str | None) -> pa.Table:
+    """A Parquet or HF source as one Arrow table, types as declared there. An HF DatasetDict needs
+    `split` unless it has a single split."""
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+    import datasets
+
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        if split is None and len(ds) != 1:
+            raise DataError(
+                f"{path}: an HF DatasetDict with splits {list(ds)}; pick one with --split where the command "
+                f"has it, or read one split's directory, e.g. {path / next(iter(ds))}"
+            )
+        split = next(iter(ds)) if split is None else split
+        if split not in ds:
+            raise DataError(f"{path}: no split {split!r} (splits: {list(ds)})")
+        ds = ds[split]
+    if ds._indices is not None:  # a filtered/shuffled view: materialise the selected rows
+        return ds.flatten_indices().data.table
+    return ds.data.table
+
+
 def read_source(src: str | Path, schema: pa.Schema, mapping: dict[str, str | None] | None = None) -> tuple[pa.Table, Where]:
     """Read ``src`` (``.jsonl``/``.ndjson``/``.json`` lines, ``.parquet`` file or directory of them,
     or an HF ``save_to_disk`` directory) and apply ``mapping``."""
     path = Path(src)
     mapping = mapping or {}
-    if not path.exists():
-        raise DataError(f"{path}: no such file or directory")
-    if path.is_file() and path.suffix in (".jsonl", ".ndjson", ".json"):
+    kind = _source_kind(path)
+    if kind == "jsonl":
         return read_jsonl(path, schema, mapping)
-    if path.suffix == ".parquet" or (path.is_dir() and any(path.glob("*.parquet"))):
-        import pyarrow.parquet as pq
+    return _rename(_read_arrow(path, kind, None), mapping, str(path)), Where(str(path))
 
-        try:
-            table = pq.read_table(path)
-        except (pa.ArrowInvalid, OSError) as e:
-            raise DataError(f"{path}: not a readable Parquet file ({e})") from None
-        return _rename(table, mapping, str(path)), Where(str(path))
-    if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
-        import datasets
 
-        ds = datasets.load_from_disk(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            raise DataError(
-                f"{path}: an HF DatasetDict with splits {list(ds)}; import one split's directory, "
-                f"e.g. {path / next(iter(ds))}"
-            )
-        table = ds.data.table
-        if ds._indices is not None:  # a filtered/shuffled view: materialise the selected rows
-            table = ds.flatten_indices().data.table
-        return _rename(table, mapping, str(path)), Where(str(path))
-    raise DataError(
-        f"{path}: unknown source kind; expected a .jsonl/.parquet file, a directory of .parquet "
-        f"files, or an HF datasets save_to_disk directory"
-    )
+def read_rows(src: str | Path, split: str | None = None) -> list[dict]:
+    """Every row of a source of the kinds `read_source` reads, as plain dicts with no schema applied
+    (the rollouts stage's prompt sources: their columns are mapped later, onto prompt fields)."""
+    path = Path(src)
+    kind = _source_kind(path)
+    if kind == "jsonl":
+        with open(path, encoding="utf-8") as f:
+            return [obj for _, obj, _ in iter_jsonl_objects(f, str(path))]
+    return _read_arrow(path, kind, split).to_pylist()
 
 
 def _json_default(v):
@@ -200,17 +235,17 @@ def derive_missing(table: pa.Table, *, correct_above: float = 0.0) -> tuple[pa.T
 
     For rows where a column is absent or null (mapped columns are kept as they are):
 
-    - ``prompt_id`` = ``train.rollout.prompt_id_of(prompt)``: 16 hex chars of sha256 of the prompt text;
-    - ``group_id`` = ``train.rollout.group_id_of(prompt_id, model or "", "")``: the rows of one
+    - ``prompt_id`` = ``datastore.ids.prompt_id_of(prompt)``: 16 hex chars of sha256 of the prompt text;
+    - ``group_id`` = ``datastore.ids.group_id_of(prompt_id, model or "", "")``: the rows of one
       prompt from one model form one group (map a ``group_id`` column to group otherwise);
-    - ``rollout_id`` = ``train.rollout.rollout_id_of(group_id, prompt_id, response, model or "",
+    - ``rollout_id`` = ``datastore.ids.rollout_id_of(group_id, prompt_id, response, model or "",
       index)``, index = the row's position within its group in the source's order;
     - ``correct`` = ``reward > correct_above`` where `reward` is set.
 
     Returns the table and one line per derived column saying what was derived for how many rows.
     A row lacking `prompt` or `response` is left as it is (the write refuses it, naming the row).
     """
-    from train.rollout import group_id_of, prompt_id_of, rollout_id_of  # the rollouts stage owns the id formulas
+    from datastore.ids import group_id_of, prompt_id_of, rollout_id_of  # the formulas `rollouts generate` uses too
 
     n = table.num_rows
     col = {c: table.column(c).to_pylist() if c in table.column_names else [None] * n

@@ -4,6 +4,11 @@ Offsets everywhere are Unicode code points of the response (Python ``str`` indic
 exclusive. Model (:class:`Span`, the Arrow ``SPAN_STRUCT``), validation with the overlap rule and
 TRACE cap, segmentation into numbered steps, quote location, per-token routes (0 none, 1 key,
 2 error), combining annotators' spans, agreement, and Label Studio's text rule.
+
+Imports follow the flow spans -> datastore -> annotate -> train, with one known arrow against it:
+``spans/cli.py`` (`spanroute spans show`) reads a datastore version and takes the shared
+``--store``/``--version`` options from ``datastore.cli_options``. Nothing else in ``spans`` imports
+``datastore``; the library itself stays free of it.
 """
 
 from spans.agreement import AgreementScores, agreement, cohen_kappa
@@ -22,7 +27,7 @@ from spans.model import (
     spans_from_arrow,
     spans_to_arrow,
 )
-from spans.offsets import ls_text, ls_text_matches
+from spans.offsets import ls_text, ls_text_matches, strip_range
 from spans.routes import (
     routes_to_spans,
     rowwise_searchsorted,
@@ -31,15 +36,15 @@ from spans.routes import (
     token_routes_batch,
     token_routes_flat,
 )
-from spans.segment import Segment, numbered, segment, spans_from_segments
-from spans.validate import RowResult, validate, validate_batch, validate_report
+from spans.segment import Segment, numbered, numbered_steps, segment, spans_from_segments
+from spans.validate import ValidatedRow, validate, validate_batch, validate_report, validate_row
 
 __all__ = [
-    "AgreementScores", "CODE_LABELS", "LABELS", "LABEL_CODES", "Located", "RowResult", "SOURCES",
-    "SPANS_TYPE", "SPAN_STRUCT", "Segment", "Span", "SpanError", "agreement", "as_span",
+    "AgreementScores", "CODE_LABELS", "LABELS", "LABEL_CODES", "Located", "SOURCES", "SPANS_TYPE",
+    "SPAN_STRUCT", "Segment", "Span", "SpanError", "ValidatedRow", "agreement", "as_span",
     "cohen_kappa", "locate", "locate_detail", "ls_text", "ls_text_matches", "merge_spans",
-    "normalize_with_map", "numbered", "routes_to_spans", "rowwise_searchsorted", "segment",
-    "select_spans", "span_arrays", "spans_from_arrow", "spans_from_segments", "spans_to_arrow",
-    "token_routes", "token_routes_batch", "token_routes_flat", "validate", "validate_batch",
-    "validate_report",
+    "normalize_with_map", "numbered", "numbered_steps", "routes_to_spans", "rowwise_searchsorted",
+    "segment", "select_spans", "span_arrays", "spans_from_arrow", "spans_from_segments",
+    "spans_to_arrow", "strip_range", "token_routes", "token_routes_batch", "token_routes_flat",
+    "validate", "validate_batch", "validate_report", "validate_row",
 ]

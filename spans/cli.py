@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from datastore.cli_options import STORE, VERSION
+
 app = typer.Typer(
     no_args_is_help=True,
     help="Look at spans: render responses with their key/error spans, per annotator.",
@@ -16,10 +18,8 @@ COLUMNS = ["rollout_id", "response", "spans", "correct", "reward", "error_type"]
 
 @app.command("show")
 def show(
-    store: Path = typer.Option(..., "--store", help="Datastore directory (as given to `spanroute data import`)."),
-    version: str | None = typer.Option(
-        None, "--version", help="Version number or tag to read (default: the latest version)."
-    ),
+    store: Path = STORE,
+    version: str | None = VERSION,
     rollout: str | None = typer.Option(
         None, "--rollout", help="Show this rollout only (its full id, or a unique prefix of it)."
     ),

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import regex
 from rapidfuzz import fuzz
 
+from spans.offsets import strip_range
+
 _QUOTE_MAP = {
     **dict.fromkeys("‘’‚‛′`´", "'"),
     **dict.fromkeys("“”„‟″«»", '"'),
@@ -155,10 +157,7 @@ def _trim(text: str, a: int, b: int) -> tuple[int, int]:
     """Shrink ``[a, b)`` so it neither starts nor ends with whitespace, then widen it to whole
     grapheme clusters, so it never cuts a ZWJ emoji sequence, a base character from its marks or
     a syllable from its jamo (a fuzzy edge can land inside one)."""
-    while a < b and text[a].isspace():
-        a += 1
-    while b > a and text[b - 1].isspace():
-        b -= 1
+    a, b = strip_range(text, a, b)
     if a >= b:
         return a, b
     bounds = cluster_bounds(text)

@@ -1,4 +1,5 @@
-"""Label Studio's region ``text`` against our code-point offsets (DESIGN §6).
+"""Code-point offsets: trimming a range to its non-space text, and Label Studio's region ``text``
+against our offsets (DESIGN §6).
 
 Label Studio stores exact code-point ``start``/``end``, but the ``text`` it saves for a region drawn
 in its UI is the browser's *rendered* text of that range (measured on 1.23.2 in headless Chromium):
@@ -23,6 +24,16 @@ _COLLAPSIBLE = " \t\r\n"  # CSS collapsible white space; NBSP, em space, etc. ar
 _RUNS = re.compile(r"[ \t\r\n]+|[^ \t\r\n]+")
 _BREAK = r"(?:\\n|\r|\n)"  # a line break as LS saves it (backslash + n) or raw (API-made results)
 _SPACES = r"[ \t]*"
+
+
+def strip_range(text: str, a: int, b: int) -> tuple[int, int]:
+    """``[a, b)`` shrunk so ``text[a:b]`` neither starts nor ends with white space (``str.isspace``);
+    ``a == b`` when the range holds only white space. Code-point offsets."""
+    while a < b and text[a].isspace():
+        a += 1
+    while b > a and text[b - 1].isspace():
+        b -= 1
+    return a, b
 
 
 def ls_text(response: str, start: int, end: int) -> str:

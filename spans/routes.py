@@ -97,22 +97,27 @@ def token_routes_flat(
     span_end_S: np.ndarray,
     span_code_S: np.ndarray,
     span_row_S: np.ndarray,
+    span_tokens_S: np.ndarray | None = None,
 ) -> np.ndarray:
     """Routes ``int8[N]`` for a batch given flat arrays (code points, end exclusive).
 
     ``tok_start_N``/``tok_end_N``: every row's token offsets, concatenated; ``row_splits [B+1]``:
     row ``b`` owns tokens ``row_splits[b]:row_splits[b+1]``; spans as parallel arrays with
     ``span_code_S`` 1 (key) or 2 (error) and ``span_row_S`` the row each belongs to.
+    ``span_tokens_S``, when given (an int64 array of S), receives how many non-empty tokens each
+    span overlaps — 0 means the span routes no token (the shard builder refuses such a span).
     """
     s_N = np.asarray(tok_start_N)
     e_N = np.asarray(tok_end_N)
     splits = np.asarray(row_splits, dtype=np.int64)
     n = len(s_N)
     route_N = np.zeros(n, dtype=np.int8)
+    if span_tokens_S is not None:
+        span_tokens_S[:] = 0
     if n == 0 or len(span_start_S) == 0:
         return route_N
     empty_idx = np.flatnonzero(s_N >= e_N)
-    first_B, stop_B, edge = splits[:-1], splits[1:], empty_idx[:0]
+    first_B, stop_B, edge, inner = splits[:-1], splits[1:], empty_idx[:0], empty_idx[:0]
     if len(empty_idx):
         # Specials at a row's start or end (BOS/EOS, the usual case) are simply left out of the
         # searched range; only specials between real tokens need sorted stand-in offsets (a copy).
@@ -121,7 +126,7 @@ def token_routes_flat(
             s_N, e_N = _fill_empty(s_N, e_N, splits, inner)
     if not (_sorted_within_rows(s_N, splits, edge) and _sorted_within_rows(e_N, splits, edge)):
         return _routes_broadcast(tok_start_N, tok_end_N, splits, span_start_S, span_end_S,
-                                 span_code_S, span_row_S)
+                                 span_code_S, span_row_S, span_tokens_S)
     row_S = np.asarray(span_row_S, dtype=np.int64)
     first_S, stop_S = first_B[row_S], stop_B[row_S]
     # First token ending after the span starts, first token starting at/after the span ends.
@@ -132,6 +137,9 @@ def token_routes_flat(
         sel = code_S == code
         _paint(route_N, lo_S[sel], hi_S[sel], code)
     route_N[empty_idx] = 0
+    if span_tokens_S is not None:  # tokens in [lo, hi) less the specials among them
+        span_tokens_S[:] = np.maximum(hi_S - lo_S, 0) - np.maximum(
+            np.searchsorted(inner, hi_S) - np.searchsorted(inner, lo_S), 0)
     return route_N
 
 
@@ -225,11 +233,12 @@ def _sorted_within_rows(x_N: np.ndarray, splits: np.ndarray, edge_idx: np.ndarra
     return bool(ok.all())
 
 
-def _routes_broadcast(s_N, e_N, splits, a_S, b_S, code_S, row_S) -> np.ndarray:
+def _routes_broadcast(s_N, e_N, splits, a_S, b_S, code_S, row_S, tokens_S=None) -> np.ndarray:
     """Exact fallback for offsets that are not monotone within a row: per-row broadcasting."""
     s_N, e_N = np.asarray(s_N), np.asarray(e_N)
     route_N = np.zeros(len(s_N), dtype=np.int8)
     order = np.argsort(row_S, kind="stable")
+    hits_S = np.zeros(len(order), dtype=np.int64)  # in `order`
     a_S, b_S, code_S, row_S = (np.asarray(x)[order] for x in (a_S, b_S, code_S, row_S))
     bounds = np.searchsorted(row_S, np.arange(len(splits)))
     for r in np.unique(row_S):
@@ -238,6 +247,9 @@ def _routes_broadcast(s_N, e_N, splits, a_S, b_S, code_S, row_S) -> np.ndarray:
         s, e = s_N[t0:t1, None], e_N[t0:t1, None]
         hit_TS = (s < b_S[None, k0:k1]) & (e > a_S[None, k0:k1]) & (e > s)
         route_N[t0:t1] = np.where(hit_TS, code_S[None, k0:k1], 0).max(axis=1, initial=0)
+        hits_S[k0:k1] = hit_TS.sum(axis=0)
+    if tokens_S is not None:
+        tokens_S[order] = hits_S
     return route_N
 
 

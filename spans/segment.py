@@ -1,9 +1,10 @@
 """Segmentation into numbered steps that an annotator can point at (TRACE's protocol).
 
-The model sees ``numbered(text)`` and answers with segment numbers; :func:`spans_from_segments`
-turns those numbers back into exact spans. Segments **tile** the text: each segment's trailing
-whitespace (line breaks, blank lines) belongs to it, so concatenating the segments' texts gives the
-text back exactly, and every offset is a code point of the text.
+The model sees ``numbered(text)`` and answers with segment numbers; :func:`numbered_steps` are the
+steps those numbers point at, and :func:`spans_from_segments` turns numbers back into exact spans.
+Segments **tile** the text: each segment's trailing whitespace (line breaks, blank lines) belongs
+to it, so concatenating the segments' texts gives the text back exactly, and every offset is a
+code point of the text.
 
 Rules: split after each line break; inside a line longer than ``long_line`` code points, also split
 between sentences (after ``.``, ``!`` or ``?`` plus whitespace, not after a few common
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 from spans.errors import SpanError
 from spans.model import Span
+from spans.offsets import strip_range
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,17 +72,29 @@ def segment(text: str, *, long_line: int = 200) -> list[Segment]:
     return [Segment(i + 1, a, b, text[a:b]) for i, (a, b) in enumerate(pieces)]
 
 
+def numbered_steps(text: str, *, long_line: int = 200) -> list[Segment]:
+    """The steps an annotator sees and points at: each segment without its surrounding white space
+    (``step.text == text[step.start:step.end]``, code points), keeping its number. Steps do not tile
+    the text; a white-space-only text has none."""
+    out = []
+    for s in segment(text, long_line=long_line):
+        a, b = strip_range(text, s.start, s.end)
+        if a < b:
+            out.append(Segment(s.index, a, b, text[a:b]))
+    return out
+
+
 def numbered(text: str, *, long_line: int = 200) -> str:
     """Render ``text`` as ``[1] first step`` lines, the form an annotator prompt shows.
 
-    Each segment appears once, without its trailing whitespace; a segment spanning several lines
-    (display math, a code fence) keeps its inner line breaks, shown as ``\n`` (CRLF/CR included:
-    this is a display, spans come back through the numbers).
+    One line per :func:`numbered_steps` step (no surrounding white space); a step spanning several
+    lines (display math, a code fence) keeps its inner line breaks, shown as ``\n`` (CRLF/CR
+    included: this is a display, spans come back through the numbers).
     """
     def show(s: str) -> str:
-        return s.rstrip().replace("\r\n", "\n").replace("\r", "\n")
+        return s.replace("\r\n", "\n").replace("\r", "\n")
 
-    return "\n".join(f"[{s.index}] {show(s.text)}" for s in segment(text, long_line=long_line))
+    return "\n".join(f"[{s.index}] {show(s.text)}" for s in numbered_steps(text, long_line=long_line))
 
 
 def spans_from_segments(
@@ -110,10 +124,7 @@ def spans_from_segments(
             runs.append([i])
     out = []
     for run in runs:
-        a, b = segs[run[0] - 1].start, segs[run[-1] - 1].end
-        piece = text[a:b]
-        a2 = a + (len(piece) - len(piece.lstrip()))
-        b2 = b - (len(piece) - len(piece.rstrip()))
+        a2, b2 = strip_range(text, segs[run[0] - 1].start, segs[run[-1] - 1].end)
         if a2 < b2:  # a whitespace-only text has nothing to mark
             out.append(Span(a2, b2, label, source, annotator, text[a2:b2]))
     return out

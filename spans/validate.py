@@ -15,8 +15,8 @@ because spans from different annotators are independent opinions and may overlap
    key steps carry the chain to the answer). A span that does not fit in what is left is dropped
    whole — never cut — and later, smaller spans may still fit.
 
-Bad spans raise :class:`SpanError` naming the rollout, the span and the reason; ``validate_batch``
-returns one :class:`RowResult` per row instead of failing the batch.
+Bad spans raise :class:`SpanError` naming the rollout, the span and the reason; ``validate_row``
+and ``validate_batch`` return a :class:`ValidatedRow` per row instead of raising.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ _PRIORITY = {"error": 0, "key": 1}
 
 
 @dataclass(frozen=True, slots=True)
-class RowResult:
-    """One row of :func:`validate_batch`: the kept spans, the ones the cap dropped, or the error."""
+class ValidatedRow:
+    """One row of :func:`validate_row` / :func:`validate_batch`: the kept spans, the ones the cap
+    dropped, or the error (then both lists are empty)."""
 
     rollout_id: str | None
     spans: list[Span] = field(default_factory=list)
@@ -97,6 +98,18 @@ def validate_report(
     return sorted(kept, key=order), sorted(dropped, key=order)
 
 
+def validate_row(text: str, spans: Sequence[Span | dict] | None, *, rollout_id: str | None = None,
+                 **kwargs) -> ValidatedRow:
+    """:func:`validate_report` of one row that never raises: a bad row becomes
+    ``ValidatedRow(error=...)``. ``kwargs`` go to :func:`validate_report` (``max_fraction``, ``unit``,
+    ``count_tokens``, ``offset_mapping``)."""
+    try:
+        kept, dropped = validate_report(text, spans or [], rollout_id=rollout_id, **kwargs)
+    except SpanError as e:
+        return ValidatedRow(rollout_id, error=e)
+    return ValidatedRow(rollout_id, kept, dropped)
+
+
 def validate_batch(
     texts: Sequence[str],
     spans_rows: Sequence[Sequence[Span | dict] | None],
@@ -104,25 +117,16 @@ def validate_batch(
     rollout_ids: Sequence[str | None] | None = None,
     offset_mappings: Sequence[Sequence[Sequence[int]] | np.ndarray | None] | None = None,
     **kwargs,
-) -> list[RowResult]:
-    """Validate many rows; a bad row becomes ``RowResult(error=...)`` instead of failing the batch.
-
-    ``kwargs`` go to :func:`validate` (``max_fraction``, ``unit``, ``count_tokens``).
+) -> list[ValidatedRow]:
+    """:func:`validate_row` of many rows; a bad row becomes ``ValidatedRow(error=...)`` instead of
+    failing the batch. ``kwargs`` go to :func:`validate` (``max_fraction``, ``unit``, ``count_tokens``).
     """
     if len(texts) != len(spans_rows):
         raise ValueError(f"validate_batch: {len(texts)} texts but {len(spans_rows)} span rows")
     ids = list(rollout_ids) if rollout_ids is not None else [None] * len(texts)
     offs = list(offset_mappings) if offset_mappings is not None else [None] * len(texts)
-    out = []
-    for text, row, rid, om in zip(texts, spans_rows, ids, offs, strict=True):
-        try:
-            kept, dropped = validate_report(
-                text, row or [], rollout_id=rid, offset_mapping=om, **kwargs
-            )
-            out.append(RowResult(rid, kept, dropped))
-        except SpanError as e:
-            out.append(RowResult(rid, error=e))
-    return out
+    return [validate_row(text, row, rollout_id=rid, offset_mapping=om, **kwargs)
+            for text, row, rid, om in zip(texts, spans_rows, ids, offs, strict=True)]
 
 
 def _check(text: str, span: Span | dict, rollout_id: str | None) -> Span:

@@ -1,6 +1,6 @@
 """Fixtures for the Label Studio tests: one real server per test session, stores with machine spans.
 
-The server comes from annotate/ls_server.py — the same code as `spanroute ls serve`: its own venv
+The server comes from annotate/labelstudio/server.py — the same code as `spanroute ls serve`: its own venv
 and a migrated data-dir template, cached under $SPANROUTE_CACHE/labelstudio (first session ~2.5
 min, later ones seconds). If it cannot be installed or started the tests FAIL with the reason;
 they are never skipped, so CI cannot pass without having exercised the real server.
@@ -39,7 +39,7 @@ _SERVER = []  # one server per test process, shared by every module that imports
 def _shared_server():
     """Start the server once per process. (A session fixture imported into several modules is a
     separate fixture in each, which would start one server per module.)"""
-    from annotate import ls_server as srv
+    from annotate.labelstudio import server as srv
 
     if not _SERVER or not _SERVER[0].alive():
         try:

@@ -14,7 +14,7 @@ from annotate.engine import EngineConfig
 from annotate.journal import CallRecord
 from annotate.parse import parse_json
 from annotate.pricing import Price
-from annotate.scripted_server import ScriptedServer
+from annotate.testing.scripted_server import ScriptedServer
 from annotate.templates import ERROR_SCHEMA, KEY_SCHEMA, MAX_STEPS, SKILL_SCHEMA, load
 
 sys.path.insert(0, str(Path(__file__).parent))

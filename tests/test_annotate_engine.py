@@ -23,7 +23,7 @@ from annotate.api import ApiAnnotator
 from annotate.engine import EngineConfig, parse_duration_s, run_calls
 from annotate.pricing import Price
 from train.toy.rule import RuleAnnotator
-from annotate.scripted_server import FaultPlan, ScriptedServer, ToyOracle
+from annotate.testing.scripted_server import FaultPlan, ScriptedServer, ToyOracle
 
 sys.path.insert(0, str(Path(__file__).parent))
 from annotate_fixtures import toy_records  # noqa: E402

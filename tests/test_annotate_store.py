@@ -21,7 +21,7 @@ import pytest
 from datastore import Store
 from datastore.schema import ROLLOUT_SCHEMA
 
-from annotate.scripted_server import FaultPlan, ScriptedServer, ToyOracle
+from annotate.testing.scripted_server import FaultPlan, ScriptedServer, ToyOracle
 from train.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -14,7 +14,7 @@ from annotate.templates import ERROR_TYPES, load
 from annotate.skills import SkillBank
 from train.toy.rule import RuleAnnotator, rule_annotate
 from train.toy.skills import RuleSkills, toy_workflow
-from annotate.spans_adapter import render_numbered, segments
+from spans import numbered, numbered_steps
 
 sys.path.insert(0, str(Path(__file__).parent))
 from annotate_fixtures import toy_records  # noqa: E402
@@ -99,9 +99,9 @@ def test_unknown_error_type_becomes_other_and_key_answers_have_none():
 
 
 def test_model_sees_numbered_trimmed_segments():
-    segs = segments(REF + "\n")
+    segs = numbered_steps(REF + "\n")
     assert [s.text for s in segs] == ["17 + 25 = 42", "42 * 3 = 126", "Answer: 126"]
-    assert render_numbered(segs).splitlines()[0] == "[1] 17 + 25 = 42"
+    assert numbered(REF + "\n").splitlines()[0] == "[1] 17 + 25 = 42"
 
 
 def test_prompt_hash_tracks_file_and_schema(tmp_path):

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 
 from datastore import Store
+from datastore.ids import group_id_of, prompt_id_of, rollout_id_of
 from datastore.io import derive_missing
 from tests.datastore_fixtures import write_jsonl
 from train.cli import main
-from train.rollout import group_id_of, rollout_id_of
-from train.rollout import prompt_id_of
 
 P1, P2 = "What is 2 + 2?", "What is 3 * 3?"
 

@@ -216,7 +216,7 @@ def _cli(*args, env_extra=None, cwd=None):
 
 
 def test_cli_push_pull_status_and_errors(tmp_path, ls_server):
-    from annotate.ls_server import free_port
+    from annotate.labelstudio.server import free_port
 
     store = make_store(tmp_path / "store", n=2)
     env = {"SPANROUTE_LS_URL": ls_server.url, "SPANROUTE_LS_TOKEN": ls_server.token}
@@ -241,7 +241,7 @@ def test_cli_push_pull_status_and_errors(tmp_path, ls_server):
 def test_cli_reads_the_sdk_variables_after_its_own(tmp_path, ls_server):
     """LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY work alone; SPANROUTE_LS_* win over them; --url wins
     over both. Run from a folder outside the repo."""
-    from annotate.ls_server import free_port
+    from annotate.labelstudio.server import free_port
 
     store = make_store(tmp_path / "store", n=2)
     project = ("--project", f"sdk-env {tmp_path.name}"[:50])  # not the default title other tests use

@@ -1,4 +1,4 @@
-"""annotate/ls_server.py: the server we start is the one that answers, whatever the environment."""
+"""annotate/labelstudio/server.py: the server we start is the one that answers, whatever the environment."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from annotate import ls_server
+from annotate.labelstudio import server as ls_server
 from tests.labelstudio_fixtures import ls_server as running_server  # noqa: F401
 
 pytestmark = pytest.mark.labelstudio

@@ -30,7 +30,7 @@ from annotate.engine import EngineConfig  # noqa: E402
 from annotate.executor import RayConfig, RayExecutor  # noqa: E402
 from annotate.job import annotate_store  # noqa: E402
 from annotate.pricing import Price  # noqa: E402
-from annotate.scripted_server import ScriptedServer, ToyOracle  # noqa: E402
+from annotate.testing.scripted_server import ScriptedServer, ToyOracle  # noqa: E402
 from train.cli import main  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -140,8 +140,9 @@ def test_killing_one_actor_mid_job_loses_nothing(tmp_path, ray_cluster):
 
 def test_rollouts_on_ray_hf_path_equals_local_generate_rollouts(tmp_path, ray_cluster):
     """The CPU stand-in for the GPU `ray.data.llm` path: actors run `generate_rollouts` per batch."""
-    from train.ray_generate import rollouts_on_ray
-    from train.rollout import HFGenerator, Sampling, generate_rollouts
+    from train.rollouts.generate import Sampling, generate_rollouts
+    from train.rollouts.hf_generator import HFGenerator
+    from train.rollouts.ray_generate import rollouts_on_ray
     from train.toy import build_tokenizer, make_problems, tiny_model, toy_prompt_records
 
     tok = build_tokenizer()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from train.ray_generate import sample_from_llm_row
+from train.rollouts.ray_generate import sample_from_llm_row
 
 
 def test_llm_row_to_sample_takes_the_sampled_ids_logprob_whatever_the_key_type():
@@ -27,8 +27,8 @@ def test_rollouts_on_ray_vllm_backend_writes_schema_rows(tmp_path):
     from vllm_fixtures import KV_BYTES, vllm_tiny_dir
 
     from datastore.schema import ROLLOUT_SCHEMA
-    from train.ray_generate import rollouts_on_ray
-    from train.rollout import Sampling
+    from train.rollouts.generate import Sampling
+    from train.rollouts.ray_generate import rollouts_on_ray
     from train.toy import make_problems, toy_prompt_records
 
     ckpt = str(vllm_tiny_dir(tmp_path / "m"))

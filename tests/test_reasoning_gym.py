@@ -10,8 +10,8 @@ import pytest
 
 from datastore import Store
 from train.cli import main
-from train.reasoning_gym_tasks import extract_answer, parse_spec, task_rows
-from train.verify import VERIFIERS
+from train.rollouts.reasoning_gym_tasks import extract_answer, parse_spec, task_rows
+from train.rollouts.verify import VERIFIERS
 
 SPEC = "reasoning-gym:chain_sum?size=6&seed=3"
 

@@ -15,15 +15,8 @@ from pathlib import Path
 import pytest
 
 from datastore.schema import ROLLOUT_SCHEMA
-from train.rollout import (
-    HFGenerator,
-    PromptRecord,
-    Sample,
-    Sampling,
-    generate_rollouts,
-    logprob_max_abs_diff,
-    teacher_forced_logprobs,
-)
+from train.rollouts.generate import PromptRecord, Sample, Sampling, generate_rollouts
+from train.rollouts.hf_generator import HFGenerator, logprob_max_abs_diff, teacher_forced_logprobs
 from train.toy import build_tokenizer, make_problems, tiny_model, toy_prompt_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,7 +167,7 @@ def _cli(*args: str) -> int:
 
 
 def _independent_reward(row) -> float:
-    """Recompute a toy reward without train.verify: evaluate the question, read `Answer:`."""
+    """Recompute a toy reward without train.rollouts.verify: evaluate the question, read `Answer:`."""
     q = re.search(r"Compute (.*)\.<\|im_end\|>", row["prompt"]).group(1)
     m = re.search(r"Answer:\s*(-?\d+)", row["response"])
     return float(m is not None and int(m.group(1)) == eval(q))

@@ -32,8 +32,9 @@ def smol():
 
 @pytest.mark.slow
 def test_smollm2_rollouts_for_word_problems(smol, tmp_path):
-    from train.prompts import to_records
-    from train.rollout import HFGenerator, Sampling, generate_rollouts, logprob_max_abs_diff
+    from train.rollouts.generate import Sampling, generate_rollouts
+    from train.rollouts.hf_generator import HFGenerator, logprob_max_abs_diff
+    from train.rollouts.prompts import to_records
 
     path, model, tok = smol
     assert (path / "config.json").exists() and "quantization_config" not in (path / "config.json").read_text()

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from train.rollouts.verify import VERIFIERS, get_verifier, reference_int
 from train.toy import (
     build_tokenizer,
     make_problems,
@@ -16,7 +17,6 @@ from train.toy import (
     render_prompt,
     tiny_model,
 )
-from train.verify import VERIFIERS, get_verifier, reference_int
 
 
 def test_problems_are_deterministic_distinct_and_correct():

@@ -18,9 +18,10 @@ def test_vllm_rollouts_match_teacher_forcing_and_group_sizes(tiny_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from datastore.schema import ROLLOUT_SCHEMA
-    from train.rollout import Sampling, generate_rollouts, logprob_max_abs_diff
+    from train.rollouts.generate import Sampling, generate_rollouts
+    from train.rollouts.hf_generator import logprob_max_abs_diff
+    from train.rollouts.vllm_generator import VLLMGenerator
     from train.toy import make_problems, toy_prompt_records
-    from train.vllm_generator import VLLMGenerator
 
     gen = VLLMGenerator(str(tiny_dir), model_name="tiny", kv_cache_memory_bytes=KV_BYTES, max_model_len=256)
     recs = toy_prompt_records(make_problems(4, 0), gen.tokenizer)
@@ -43,7 +44,7 @@ def test_cli_generate_backend_vllm_with_the_help_example(tmp_path, tiny_dir, cap
 
     from datastore import Store
     from train.cli import main
-    from train.cli_rollouts import VLLM_CPU_EXAMPLE as example
+    from train.rollouts.cli import VLLM_CPU_EXAMPLE as example
 
     assert example in _help().replace("\n", "")
     args = ["rollouts", "generate", "--model", str(tiny_dir), "--toy", "3", "--store", str(tmp_path / "s"), "-n", "2",
@@ -60,6 +61,6 @@ def test_cli_generate_backend_vllm_with_the_help_example(tmp_path, tiny_dir, cap
 def _help() -> str:
     import inspect
 
-    from train.cli_rollouts import generate
+    from train.rollouts.cli import generate
 
     return inspect.signature(generate).parameters["vllm_args"].default.help

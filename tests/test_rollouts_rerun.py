@@ -47,11 +47,11 @@ def test_rerun_of_a_finished_tagged_run_is_a_noop(tmp_path, model_dir, capsys, m
 
 
 def test_ctrl_c_says_rerun_to_resume_and_the_rerun_completes(tmp_path, model_dir, capsys, monkeypatch):
-    import train.rollout
+    import train.rollouts.generate
 
     ref = tmp_path / "ref"
     assert main(_args(model_dir, ref, "--tag", "gen-x")) == 0
-    real, calls = train.rollout.generate_rollouts, []
+    real, calls = train.rollouts.generate.generate_rollouts, []
 
     def interrupted(*a, **k):  # fault injection: Ctrl-C during the second batch
         calls.append(1)
@@ -60,12 +60,12 @@ def test_ctrl_c_says_rerun_to_resume_and_the_rerun_completes(tmp_path, model_dir
         return real(*a, **k)
 
     store = tmp_path / "s"
-    monkeypatch.setattr(train.rollout, "generate_rollouts", interrupted)
+    monkeypatch.setattr(train.rollouts.generate, "generate_rollouts", interrupted)
     assert main(_args(model_dir, store, "--tag", "gen-x")) == 130
     err = capsys.readouterr().err
     assert "interrupted: 2 groups written by this run" in err and "rerun the same command to resume" in err
     assert len(_rows(store)) == 4 and "gen-x" not in Store(store).tags()
-    monkeypatch.setattr(train.rollout, "generate_rollouts", real)
+    monkeypatch.setattr(train.rollouts.generate, "generate_rollouts", real)
     assert main(_args(model_dir, store, "--tag", "gen-x")) == 0
     assert _rows(store) == _rows(ref)
     assert Store(store).tags()["gen-x"]["version"] == Store(store).latest_version()

@@ -53,8 +53,10 @@ class _EmptyOffsets:
 
     def __call__(self, text, **kw):
         enc = self._tok(text, **kw)
-        if "offset_mapping" in enc:
-            enc["offset_mapping"] = [(a, a) for a, _ in enc["offset_mapping"]]
+        if "offset_mapping" in enc:  # one text or a batch (the shard builder tokenises batches)
+            empty = lambda om: [(a, a) for a, _ in om]  # noqa: E731
+            om = enc["offset_mapping"]
+            enc["offset_mapping"] = [empty(x) for x in om] if isinstance(text, list) else empty(om)
         return enc
 
     def __getattr__(self, name):

@@ -136,6 +136,23 @@ def test_batched_routes_equal_the_naive_loop(batch):
 
 
 @SETTINGS
+@given(random_batch())
+def test_span_token_counts_equal_the_overlap_rule(batch):
+    """`span_tokens_S` counts, per span, the non-empty tokens of its row that overlap it (what the
+    shard builder's lost-span check reads), on sorted, special-laden and unsorted offsets alike."""
+    rows, oms = batch
+    splits = np.cumsum([0] + [len(om) for om in oms])
+    om_N2 = np.array([t for om in oms for t in om], dtype=np.int64).reshape(-1, 2)
+    sp = [(x.start, x.end, 1 if x.label == "key" else 2, r) for r, spans in enumerate(rows) for x in spans]
+    a, b, code, row = (np.array(c, dtype=np.int64).reshape(-1) for c in zip(*sp)) if sp else \
+        (np.zeros(0, dtype=np.int64),) * 4
+    got = np.full(len(a), -1, dtype=np.int64)
+    token_routes_flat(om_N2[:, 0], om_N2[:, 1], splits, a, b, code.astype(np.int8), row, span_tokens_S=got)
+    want = [sum(1 for s, e in oms[r] if s < e and s < y and e > x) for x, y, _, r in sp]
+    assert got.tolist() == want
+
+
+@SETTINGS
 @given(st.lists(st.lists(st.integers(0, 30), max_size=10).map(sorted), min_size=1, max_size=6), st.data())
 def test_rowwise_searchsorted_equals_numpy_per_row(rows, data):
     splits = np.cumsum([0] + [len(r) for r in rows])

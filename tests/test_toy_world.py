@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "train" / "toy"
 TOY_MODULES = sorted(f"train.toy.{p.stem}" for p in TOY.glob("*.py") if p.stem not in ("__init__", "__main__")) + ["train.toy"]
 # Generic modules that may look the toy world up, inside a function only (registries and shortcuts).
-LAZY_REGISTRIES = {"annotate/cli.py", "annotate/__init__.py", "annotate/scripted_server.py", "train/cli_rollouts.py",
+LAZY_REGISTRIES = {"annotate/cli.py", "annotate/__init__.py", "annotate/testing/scripted_server.py", "train/rollouts/prompts.py",
                    "train/cli_train.py", "train/demo.py", "train/online.py",
                    "train/model_names.py",  # the `toy` model shortcut
                    "train/evaluate.py"}  # `evaluate` on toy problems (the demo's and `spanroute eval`'s default)
@@ -69,7 +69,7 @@ def test_each_toy_module_imports_first_in_a_fresh_interpreter(module):
 
 
 def test_generic_modules_leave_the_toy_world_unimported():
-    code = ("import sys, annotate.cli, annotate.skills, annotate.api, annotate.local, train.rollout, train.prompts, "
+    code = ("import sys, annotate.cli, annotate.skills, annotate.api, annotate.local, train.rollouts.generate, train.rollouts.prompts, "
             "train.teacher, train.recipe, train.cli; print([m for m in sys.modules if m.startswith('train.toy')])")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -82,11 +82,11 @@ def test_sft_prompts_are_the_projects_own_renderings():
     import random
 
     from annotate.parse import map_answer
+    from train.rollouts.verify import toy_int
     from train.toy import build_tokenizer, make_problems
     from train.toy.rule import rule_annotate
     from train.toy.sft import TASKS, example, rule_answer, toy_response
     from train.toy.tokenizer import ChatText
-    from train.verify import toy_int
 
     tok, rng = build_tokenizer(), random.Random(0)
     for task in TASKS:
@@ -117,7 +117,7 @@ def shipped():
     """The shipped default policy measured on 40 held-out problems × 2 samples, 30 annotated rows."""
     from train.toy import toy_policy
     from train.toy.measure import measure_policy
-    from train.toy.policy import TOY_CHECK_SEED
+    from train.toy.problems import TOY_CHECK_SEED
 
     path = toy_policy()
     assert path.parent.name == "weights", "the default recipe's policy must ship in train/weights/"

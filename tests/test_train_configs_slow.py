@@ -23,8 +23,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """(policy, shards, baseline metrics) shared by every config."""
-    from train.cli_rollouts import resolve_model
     from train.evaluate import evaluate
+    from train.model_names import resolve_model
     from train.toy import TOY_EVAL_SEED, make_problems
 
     policy = resolve_model("toy")
@@ -36,7 +36,8 @@ def world(tmp_path_factory):
 def build_shards(policy: str, out: Path, prompts: int = 64, group: int = 8) -> Path:
     from annotate import RuleAnnotator, RuleSkills, annotate_store, skills_store
     from datastore import Lineage, Store
-    from train.rollout import HFGenerator, Sampling, generate_rollouts
+    from train.rollouts.generate import Sampling, generate_rollouts
+    from train.rollouts.hf_generator import HFGenerator
     from train.shards import build_shards_from_table
     from train.toy import TOY_EVAL_SEED, make_problems, toy_prompt_records
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from train.verify import VERIFIERS, numbers, reference_int
+from train.rollouts.verify import VERIFIERS, numbers, reference_int
 
 # (written form, the integer it means, or None where it is no integer)
 FORMS = [

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from train.cli_rollouts import VLLM_CPU_EXAMPLE, VLLM_GPU_EXAMPLE, vllm_engine_args
-from train.vllm_generator import CPU_KV_CACHE_BYTES, engine_settings
+from train.rollouts.cli import VLLM_CPU_EXAMPLE, VLLM_GPU_EXAMPLE
+from train.rollouts.job import vllm_engine_args
+from train.rollouts.vllm_generator import CPU_KV_CACHE_BYTES, engine_settings
 
 
 @pytest.mark.parametrize(

@@ -21,13 +21,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from annotate.cli import annotate_app, skills_app  # noqa: E402
-from annotate.cli_ls import app as ls_app  # noqa: E402
+from annotate.labelstudio.cli import app as ls_app  # noqa: E402
 from annotate.secrets import redact  # noqa: E402
 from datastore.cli import app as data_app  # noqa: E402
 from spans.cli import app as spans_app  # noqa: E402
 from train.cli_names import rewrite_aliases, version_line  # noqa: E402
-from train.cli_rollouts import app as rollouts_app  # noqa: E402
 from train.cli_train import demo, eval_, shards_app, train, train_help  # noqa: E402
+from train.rollouts.cli import app as rollouts_app  # noqa: E402
 
 app = typer.Typer(
     name="spanroute",

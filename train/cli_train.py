@@ -9,14 +9,15 @@ from pathlib import Path
 
 import typer
 
+from datastore.cli_options import STORE, VERSION
+
 shards_app = typer.Typer(no_args_is_help=True, help="Turn a datastore version into span-tagged training shards.")
 
 
 @shards_app.command("build")
 def build_(
-    store: Path = typer.Option(..., "--store", help="Datastore directory (see `spanroute data`)."),
-    version: str = typer.Option(None, "--version", help="Version number or tag to read (default: latest). "
-                                "The manifest pins the resolved number."),
+    store: Path = STORE,
+    version: str = VERSION,
     model: str = typer.Option(..., "--model", help="The policy folder (or toy, smollm2) whose tokenizer "
                               "makes the ids; its hash goes in the manifest and `train` checks it."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for shard-NNNNN.parquet + manifest.json."),
@@ -123,6 +124,7 @@ def train(
     log(f"done: {res['steps']} steps -> {res['out']} (metrics.jsonl, curves.png, final/)")
 
 
+# typer: one parameter per command-line option; the body only builds the job's typed options and calls it.
 def eval_(
     model: str = typer.Option(..., "--model", help="Policy folder (model + tokenizer), e.g. runs/toy/trace/final; "
                               "`toy` = the shipped toy policy."),
@@ -149,9 +151,10 @@ def eval_(
 
     import torch
 
-    from train.cli_rollouts import resolve_model, setup_prompts
     from train.evaluate import evaluate_records
-    from train.rollout import HFGenerator
+    from train.model_names import resolve_model
+    from train.rollouts.hf_generator import HFGenerator
+    from train.rollouts.prompts import PromptSource, load_prompts
     from train.toy import TOY_EVAL_SEED
 
     path = resolve_model(model)
@@ -159,8 +162,8 @@ def eval_(
         toy = 200
     torch.manual_seed(seed)
     gen = HFGenerator.from_pretrained(path, model_name="eval", device=device, batch_size=128)
-    records, source = setup_prompts(prompts, toy, TOY_EVAL_SEED if toy_seed is None else toy_seed, gen.tokenizer,
-                                    mapping, split, None, limit)
+    records, source = load_prompts(PromptSource(path=prompts, toy=toy, mapping=tuple(mapping), split=split, limit=limit,
+                                                toy_seed=TOY_EVAL_SEED if toy_seed is None else toy_seed), gen.tokenizer)
     m = evaluate_records(gen, records, n=n, max_new_tokens=max_new_tokens, seed=seed, verifier=verifier)
     typer.echo(f"{path}: {m['prompts']} prompts × {n} samples\n"
                f"  accuracy (sampled, T=1)  {m['accuracy']:.3f} ± {m['stderr']:.3f} (binomial s.e.)\n"

@@ -22,8 +22,8 @@ from typing import Any, Sequence
 
 def evaluate_records(generator: Any, records: Sequence[Any], *, n: int, max_new_tokens: int, seed: int,
                      verifier: str = "toy-int") -> dict[str, float]:
-    """Metrics of `generator` (a `train.rollout.Generator`) on prompt `records`."""
-    from train.rollout import Sampling, generate_rollouts
+    """Metrics of `generator` (a `train.rollouts.generate.Generator`) on prompt `records`."""
+    from train.rollouts.generate import Sampling, generate_rollouts
 
     sampled = generate_rollouts(generator, records, n=n, sampling=Sampling(temperature=1.0, max_new_tokens=max_new_tokens),
                                 seed=seed, verifier=verifier)
@@ -48,7 +48,7 @@ def evaluate(policy: str | Path, problems: list, n: int, max_new_tokens: int, se
     """`evaluate_records` of a policy folder on toy `problems` (``train.toy.make_problems``)."""
     import torch
 
-    from train.rollout import HFGenerator
+    from train.rollouts.hf_generator import HFGenerator
     from train.toy import toy_prompt_records
 
     torch.manual_seed(seed)

@@ -360,6 +360,9 @@ def trace_loss(
     tokens hand their policy-gradient weight over to the KL channel as λ grows); |y_i| = Σ_t
     response_mask[i]. `span_kl_BT` holds KL_t (nats) at span positions; other entries are ignored
     (even NaN). With kl_coef = 0 the result is exactly GRPO (the KL term is not even added).
+
+    Keyword-only inputs, one per symbol of the formula (tensors, counts, coefficients), so a call
+    reads like the formula; hence more than ten.
     """
     mask = response_mask_BT.bool()
     span = span_mask_BT.bool() & mask
@@ -417,6 +420,9 @@ def skill_sd_loss(
     off-policy micro-steps); lq = teacher log-prob of the sampled token under the
     skill-conditioned prompt, no gradient. At θ = θ_old the KL part's gradient per token is
     (lp − lq)·∇lp, the on-policy reverse-KL gradient.
+
+    Keyword-only inputs, one per symbol of the formula (tensors, counts, coefficients), so a call
+    reads like the formula; hence more than ten.
     """
     mask = response_mask_BT.bool()
     lp, old = _masked(logprobs_BT, mask), _masked(old_logprobs_BT, mask)
@@ -450,6 +456,9 @@ def all_token_opd_loss(
 
     `token_kl_BT` holds KL_t (nats) at every response position; the aggregation, weights and
     schedule are TRACE's, so the two differ only in where the KL channel is on.
+
+    Keyword-only inputs, one per symbol of the formula (tensors, counts, coefficients), so a call
+    reads like the formula; hence more than ten.
     """
     return trace_loss(
         logprobs_BT=logprobs_BT,

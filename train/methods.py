@@ -105,12 +105,19 @@ def lambda_max(method: Method, cfg_method: Any) -> float:
 # ----------------------------------------------------------------------------- route transforms
 
 
-def _identity(rows: list[dict], seed: int) -> list[dict]:
+def _identity(rows: Any, seed: int) -> Any:
     return rows
 
 
-def _random_routes(rows: list[dict], seed: int) -> list[dict]:
-    """Each row's key and error token counts kept, positions drawn uniformly without replacement."""
+def _random_routes(rows: Any, seed: int) -> Any:
+    """Each row's key and error token counts kept, positions drawn uniformly without replacement.
+    `rows`: dicts, or an Arrow table of shard rows (the loop's batch), whose route column is replaced."""
+    if hasattr(rows, "column_names"):
+        import pyarrow as pa
+
+        moved = _random_routes(rows.select(["rollout_id", "route"]).to_pylist(), seed)
+        i = rows.schema.get_field_index("route")
+        return rows.set_column(i, rows.schema.field(i), pa.array([r["route"] for r in moved], rows.schema.field(i).type))
     out = []
     for r in rows:
         route = np.asarray(r["route"], dtype=np.int8)
@@ -124,7 +131,7 @@ def _random_routes(rows: list[dict], seed: int) -> list[dict]:
     return out
 
 
-ROUTE_TRANSFORMS: dict[str, Callable[[list[dict], int], list[dict]]] = {
+ROUTE_TRANSFORMS: dict[str, Callable[[Any, int], Any]] = {  # rows (dicts or an Arrow table), seed -> rows
     "identity": _identity,
     "random": _random_routes,
 }

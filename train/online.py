@@ -114,7 +114,8 @@ def online_rounds(cfg: TrainConfig, oc: OnlineConfig, problems: Sequence[Any], *
     from annotate import RuleSkills, annotate_store, skills_store
     from datastore import Lineage, Store
     from train.recipe import train
-    from train.rollout import HFGenerator, Sampling, generate_rollouts
+    from train.rollouts.generate import Sampling, generate_rollouts
+    from train.rollouts.hf_generator import HFGenerator
     from train.toy import toy_prompt_records
     from train.shards import build_shards_from_table
 

@@ -46,13 +46,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch import Tensor, nn
 
 from train import losses as L
 from train.config import TrainConfig, check_device, dump, to_dict
 from train.model_names import resolve_model
-from train.scoring import Scored, ScoringBatch, pack_batch, rows_to_BT, score, span_kl
+from train.scoring import Scored, ScoringBatch, pack_flat, pad_rows, rows_to_BT, score, span_kl
 from train.shards import BatchStream, ShardReader, check_tokenizer
 from train.methods import CHANNELS, LOSS_ADAPTERS, ROUTE_TRANSFORMS, Method, StepTensors, channels_of, lambda_at, \
     lambda_max, method_of
@@ -89,24 +91,46 @@ class PolicyScorer(nn.Module):
 # ------------------------------------------------------------------------------------ batches
 
 
-def collate(rows: list[dict], prompt_key: str, pad_id: int, device: torch.device) -> dict[str, Any]:
-    """A micro-batch: the packed scoring batch (``train.scoring.pack_batch``: prompt + response,
-    right-padded) and the per-token training tensors padded to the same T."""
-    batch = pack_batch([r[prompt_key] for r in rows], [r["response_ids"] for r in rows], pad_id=pad_id)
-    B, T = batch.response_ids_BT.shape
-    old = torch.zeros((B, T), dtype=torch.float32)
-    route = torch.zeros((B, T), dtype=torch.int8)
-    for i, r in enumerate(rows):
-        n = len(r["response_ids"])
-        old[i, :n] = torch.tensor(r["old_logprobs"], dtype=torch.float32)
-        route[i, :n] = torch.tensor(r["route"], dtype=torch.int8)
-    t = {"batch": ScoringBatch(*(x.to(device) for x in (batch.input_ids_BL, batch.attention_mask_BL,
-                                                         batch.response_ids_BT, batch.response_mask_BT,
-                                                         batch.pred_pos_BT))),
-         "old_logprobs_BT": old.to(device), "route_BT": route.to(device),
-         "correct_B": torch.tensor([bool(r["correct"]) for r in rows], device=device)}
-    t["response_mask_BT"] = t["batch"].response_mask_BT
-    return t
+@dataclass(frozen=True)
+class MicroBatch:
+    """One micro-batch on the device: the student's scoring batch (``train.scoring.ScoringBatch``:
+    prompt + response, right-padded), the teacher's (the same responses after the teacher prompt;
+    None when the step runs no teacher) and the per-token training columns padded to the same T."""
+
+    batch: ScoringBatch
+    old_logprobs_BT: Tensor  # float32, behaviour log-probs (nats); 0 at padding
+    route_BT: Tensor  # int8: 0 none, 1 key, 2 error
+    correct_B: Tensor  # bool
+    teacher: ScoringBatch | None = None
+
+    @property
+    def response_mask_BT(self) -> Tensor:
+        return self.batch.response_mask_BT
+
+
+def _lists(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A list column as (flat values, row splits [B+1])."""
+    col = table.column(name).combine_chunks()
+    splits = np.zeros(len(col) + 1, dtype=np.int64)
+    np.cumsum(pc.list_value_length(col).to_numpy(), out=splits[1:])
+    return pc.list_flatten(col).to_numpy(), splits
+
+
+def collate(rows: pa.Table, pad_id: int, device: torch.device, teacher_key: str | None = None) -> MicroBatch:
+    """A micro-batch from shard rows (Arrow): one padded tensor per column, filled from the flat
+    list values (``train.scoring.pack_flat`` / ``pad_rows``), never a tensor per row. With
+    `teacher_key` (a ``teacher_prompt_ids_<template>`` column) also the teacher's batch."""
+    resp = _lists(rows, "response_ids")
+    batch = pack_flat(*_lists(rows, "prompt_ids"), *resp, pad_id=pad_id)
+    T = batch.response_ids_BT.shape[1]
+    teacher = pack_flat(*_lists(rows, teacher_key), *resp, pad_id=pad_id) if teacher_key else None
+    to = lambda b: ScoringBatch(*(x.to(device) for x in (b.input_ids_BL, b.attention_mask_BL, b.response_ids_BT,  # noqa: E731
+                                                          b.response_mask_BT, b.pred_pos_BT)))
+    correct = rows.column("correct").to_numpy(zero_copy_only=False).astype(bool)
+    return MicroBatch(batch=to(batch), teacher=to(teacher) if teacher is not None else None,
+                      old_logprobs_BT=pad_rows(*_lists(rows, "old_logprobs"), T, torch.float32).to(device),
+                      route_BT=pad_rows(*_lists(rows, "route"), T, torch.int8).to(device),
+                      correct_B=torch.from_numpy(correct).to(device))
 
 
 # ------------------------------------------------------------------------------------ methods
@@ -114,13 +138,13 @@ def collate(rows: list[dict], prompt_key: str, pad_id: int, device: torch.device
 # needed, its loss adapter which pure loss runs; the loop itself never compares the method's name.
 
 
-def kl_masks(t: dict, channels: tuple[str, ...]) -> dict[str, Tensor]:
+def kl_masks(t: MicroBatch, channels: tuple[str, ...]) -> dict[str, Tensor]:
     """Per KL direction, the [B, T] positions whose channel is on (`train.methods.CHANNELS`)."""
-    mask_BT = t["response_mask_BT"]
+    mask_BT = t.response_mask_BT
     out: dict[str, Tensor] = {}
     for name in channels:
         route, want_correct, direction = CHANNELS[name]
-        on_BT = mask_BT if route is None else (t["route_BT"] == route) & (t["correct_B"][:, None] == want_correct)
+        on_BT = mask_BT if route is None else (t.route_BT == route) & (t.correct_B[:, None] == want_correct)
         out[direction] = out.get(direction, torch.zeros_like(mask_BT)) | (on_BT & mask_BT)
     return out
 
@@ -190,37 +214,62 @@ class StepContext:
     world: int
 
 
-def micro_step(ctx: StepContext, mb_rows: list[dict], advantages_B: Tensor, lam: float, *, num_tokens: int,
-               num_seqs: int) -> tuple[Tensor, dict[str, float], dict[str, float], dict, Tensor]:
+def micro_step(ctx: StepContext, mb_rows: pa.Table, advantages_B: Tensor, lam: float, *, num_tokens: int,
+               num_seqs: int) -> tuple[Tensor, dict[str, float], dict[str, float], MicroBatch, Tensor]:
     """One micro-batch's loss: score the student (full distributions at the KL positions), the
     teacher when λ > 0 and the row needs one, then the row's loss adapter.
-    Returns (loss, loss metrics, KL stats, collated tensors, entropies [B, T])."""
+    Returns (loss, loss metrics, KL stats, the micro-batch, entropies [B, T])."""
     m, row = ctx.cfg.method, ctx.row
-    t = collate(mb_rows, "prompt_ids", ctx.pad_id, ctx.device)
+    taught_here = lam > 0 and (bool(ctx.channels) or row.teacher_logprobs)  # kl_masks has one entry per channel
+    t = collate(mb_rows, ctx.pad_id, ctx.device, teacher_key=ctx.prompt_key if taught_here else None)
     masks = kl_masks(t, ctx.channels) if lam > 0 else {}
     select_BT = None
     for mask_BT in masks.values():
         select_BT = mask_BT if select_BT is None else select_BT | mask_BT
-    b = t["batch"]
+    b = t.batch
     lp_BT, ent_BT, hidden_NH = ctx.wrapped(b.input_ids_BL, b.attention_mask_BL, b.response_ids_BT,
                                            b.response_mask_BT, b.pred_pos_BT, select_BT)
     kl_BT, kl_stats, teacher_lp_BT = torch.zeros_like(lp_BT), {}, None
-    if lam > 0 and (select_BT is not None or row.teacher_logprobs):
-        taught = _teacher_score(ctx.teacher, ctx.wrapped, ctx.model, collate(mb_rows, ctx.prompt_key, ctx.pad_id,
-                                ctx.device)["batch"], select_BT, token_logprobs=row.teacher_logprobs)
+    if taught_here:
+        taught = _teacher_score(ctx.teacher, ctx.wrapped, ctx.model, t.teacher, select_BT,
+                                token_logprobs=row.teacher_logprobs)
         teacher_lp_BT = taught.logprobs_BT if row.teacher_logprobs else None
         if select_BT is not None:
-            student = Scored(logprobs_BT=lp_BT, response_mask_BT=t["response_mask_BT"], select_BT=select_BT,
+            student = Scored(logprobs_BT=lp_BT, response_mask_BT=t.response_mask_BT, select_BT=select_BT,
                              hidden_NH=hidden_NH, head=ctx.model.get_output_embeddings())
             kl_BT, kl_stats = _span_kl(masks, student, taught, m.term_clip)
-    x = StepTensors(logprobs_BT=lp_BT, old_logprobs_BT=t["old_logprobs_BT"], advantages_B=advantages_B.to(ctx.device),
-                    response_mask_BT=t["response_mask_BT"],
-                    kl_mask_BT=select_BT if select_BT is not None else torch.zeros_like(t["response_mask_BT"]),
+    x = StepTensors(logprobs_BT=lp_BT, old_logprobs_BT=t.old_logprobs_BT, advantages_B=advantages_B.to(ctx.device),
+                    response_mask_BT=t.response_mask_BT,
+                    kl_mask_BT=select_BT if select_BT is not None else torch.zeros_like(t.response_mask_BT),
                     kl_BT=kl_BT, teacher_logprobs_BT=teacher_lp_BT, lam=lam, lam_max=lambda_max(row, m),
                     pg=dict(clip_low=m.clip_low, clip_high=m.clip_high, agg=m.agg, num_tokens=num_tokens,
                             num_seqs=num_seqs))
     loss, lm = LOSS_ADAPTERS[row.loss](x)
     return loss, lm, kl_stats, t, ent_BT
+
+
+def step_gradients(ctx: StepContext, rows: Any, lam: float, rank: int, autocast: Any) -> dict[str, float]:
+    """Accumulate one optimizer step's gradients into the student: group advantages over the
+    step's global batch (`rows`, an Arrow table of whole groups), then this rank's share in
+    micro-batches (the last one syncs DDP). Returns the step's summed metrics on this rank."""
+    world = ctx.world
+    advantages_B = L.group_advantages(torch.tensor(rows.column("reward").to_numpy()), rows.column("group_id").to_pylist())
+    num_tokens, num_seqs = _num_tokens(rows), rows.num_rows  # global counts of this optimizer step
+    local_idx = list(range(rank * num_seqs // world, (rank + 1) * num_seqs // world))
+    size = ctx.cfg.data.micro_batch_size
+    micro = [local_idx[s: s + size] for s in range(0, len(local_idx), size)]
+    sums: dict[str, float] = {}
+    for k, idx in enumerate(micro):
+        last = k == len(micro) - 1
+        sync_ctx = ctx.wrapped.no_sync() if (world > 1 and hasattr(ctx.wrapped, "no_sync") and not last) else nullcontext()
+        with sync_ctx:
+            with autocast:
+                loss, lm, kl_stats, t, ent_BT = micro_step(ctx, rows.take(idx), advantages_B[idx], lam,
+                                                           num_tokens=num_tokens, num_seqs=num_seqs)
+            (loss * world).backward()
+        _accumulate(sums, lm, kl_stats, t, ent_BT, n_tokens_mb=int(t.response_mask_BT.sum()),
+                    num_tokens=num_tokens, num_seqs=num_seqs)
+    return sums
 
 
 # ------------------------------------------------------------------------------------- setup
@@ -252,18 +301,22 @@ def setup_skill_bank(cfg: TrainConfig, tokenizer: Any, prompt_key: str, out: Pat
                        out / "teacher_skills.jsonl" if rank == 0 else None, start)
 
 
-def setup_model(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, Any]:
+def setup_model(cfg: TrainConfig, device: torch.device, check: Callable[[Any], None] = lambda tok: None
+                ) -> tuple[nn.Module, Any]:
+    """(model in train mode on `device`, tokenizer) from ``model.path``. `check(tokenizer)` runs
+    before any weight is read, so a refused tokenizer costs no model load (and prints nothing)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not cfg.model.path:
         raise ValueError("model.path is empty: point it at a save_pretrained folder (model + tokenizer)")
     path = resolve_model(cfg.model.path, "model.path")  # a folder, or toy / smollm2
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    check(tokenizer)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.model.dtype]
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
-    tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer
 
 
@@ -364,6 +417,22 @@ def load_checkpoint(path: Path, *, wrapped: nn.Module, optimizer: torch.optim.Op
     if same_data:
         stream.load_state(ck["data"])
     return int(ck["step"])
+
+
+def resume(cfg: TrainConfig, *, wrapped: nn.Module, optimizer: torch.optim.Optimizer, teacher: Teacher,
+           stream: BatchStream, world: int, log: Callable[[str], None]) -> int:
+    """The step to start from: 0, or the step of ``<run.out>``'s latest checkpoint after loading it
+    (refused with ValueError when it was written by another experiment's config)."""
+    ck = latest_checkpoint(Path(cfg.run.out))
+    if ck is None:
+        return 0
+    saved = torch.load(ck, map_location="cpu", weights_only=False)["config"]
+    _check_resumable(saved, to_dict(cfg), ck)
+    same_data = saved["data"]["shards"] == cfg.data.shards
+    start = load_checkpoint(ck, wrapped=wrapped, optimizer=optimizer, teacher=teacher, stream=stream,
+                            world=world, same_data=same_data)
+    log(f"resumed from {ck} at step {start}" + ("" if same_data else " (new shards: data from their start)"))
+    return start
 
 
 def _prune(ckdir: Path, keep: int) -> None:
@@ -498,8 +567,8 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
                          f"{reader.templates}); rebuild them with --template {template}")
     stream = BatchStream(reader, cfg.data.groups_per_step, seed=cfg.data.seed)
     torch.manual_seed(cfg.optim.seed)
-    model, tokenizer = setup_model(cfg, device)
-    check_tokenizer(reader.manifest, cfg.data.shards, tokenizer)  # ids from another vocabulary: refuse
+    # ids from another vocabulary: refuse before the weights load
+    model, tokenizer = setup_model(cfg, device, lambda tok: check_tokenizer(reader.manifest, cfg.data.shards, tok))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     if world > 1 and cfg.run.distributed == "fsdp" and cfg.method.teacher_sync != "live":
         raise ValueError("run.distributed=fsdp needs method.teacher_sync=live (a copied/EMA teacher is not sharded yet)")
@@ -508,15 +577,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
     wrapped = wrap_distributed(PolicyScorer(model), cfg, world, device)
     optimizer = torch.optim.AdamW(wrapped.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
-    start = 0
-    ck = latest_checkpoint(out)
-    if ck is not None:
-        saved = torch.load(ck, map_location="cpu", weights_only=False)["config"]
-        _check_resumable(saved, to_dict(cfg), ck)
-        same_data = saved["data"]["shards"] == cfg.data.shards
-        start = load_checkpoint(ck, wrapped=wrapped, optimizer=optimizer, teacher=teacher, stream=stream,
-                                world=world, same_data=same_data)
-        log(f"resumed from {ck} at step {start}" + ("" if same_data else " (new shards: data from their start)"))
+    start = resume(cfg, wrapped=wrapped, optimizer=optimizer, teacher=teacher, stream=stream, world=world, log=log)
     router = setup_skill_bank(cfg, tokenizer, prompt_key, out, start, rank)
     if rank == 0:  # only now: a start that fails above leaves no folder or config.yaml behind
         out.mkdir(parents=True, exist_ok=True)
@@ -533,27 +594,11 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, Any]], None] | None 
     # --- the loop
     for step in range(start, cfg.optim.steps):
         t0 = time.perf_counter()
-        rows = ROUTE_TRANSFORMS[row.route](stream.next().to_pylist(), cfg.data.seed)
-        rows, bank_metrics = router.assign(rows, step) if router is not None else (rows, {})
-        advantages_B = L.group_advantages(torch.tensor([r["reward"] for r in rows]), [r["group_id"] for r in rows])
-        num_tokens = sum(len(r["response_ids"]) for r in rows)  # global counts of this optimizer step
-        num_seqs = len(rows)
-        lo, hi = rank * len(rows) // world, (rank + 1) * len(rows) // world
-        local_idx = list(range(lo, hi))
+        rows = ROUTE_TRANSFORMS[row.route](stream.next(), cfg.data.seed)  # Arrow, as read from the shards
+        rows, bank_metrics = assign_skills(router, rows, step) if router is not None else (rows, {})
         lam = lambda_at(row, cfg.method, step)
         optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
-        micro = [local_idx[s: s + cfg.data.micro_batch_size] for s in range(0, len(local_idx), cfg.data.micro_batch_size)]
-        for k, idx in enumerate(micro):
-            sync_ctx = wrapped.no_sync() if (world > 1 and hasattr(wrapped, "no_sync") and k < len(micro) - 1) \
-                else nullcontext()
-            with sync_ctx:
-                with autocast:
-                    loss, lm, kl_stats, t, ent_BT = micro_step(ctx, [rows[i] for i in idx], advantages_B[idx], lam,
-                                                               num_tokens=num_tokens, num_seqs=num_seqs)
-                (loss * world).backward()
-            _accumulate(sums, lm, kl_stats, t, ent_BT, n_tokens_mb=int(t["response_mask_BT"].sum()),
-                        num_tokens=num_tokens, num_seqs=num_seqs)
+        sums = step_gradients(ctx, rows, lam, rank, autocast)
         grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.optim.grad_clip)
         optimizer.step()
         teacher.update(step + 1)  # copy every K optimizer steps, or EMA, or nothing (live)
@@ -596,7 +641,7 @@ def _check_resumable(saved: dict, now: dict, path: Path) -> None:
                              "use a new run.out or the same config")
 
 
-def _accumulate(sums: dict[str, float], loss_metrics: dict[str, float], kl_stats: dict[str, float], t: dict,
+def _accumulate(sums: dict[str, float], loss_metrics: dict[str, float], kl_stats: dict[str, float], t: MicroBatch,
                 ent_BT: Tensor, *, n_tokens_mb: int, num_tokens: int, num_seqs: int) -> None:
     """Add a micro-batch's metrics: additive loss parts as they are (already globally normalised),
     per-token means weighted by the micro-batch's share of the step's tokens."""
@@ -605,9 +650,9 @@ def _accumulate(sums: dict[str, float], loss_metrics: dict[str, float], kl_stats
         sums[k] = sums.get(k, 0.0) + (v if k in ADDITIVE_METRICS else v * share)
     for k, v in kl_stats.items():
         sums[k] = sums.get(k, 0.0) + v
-    mask = t["response_mask_BT"]
+    mask = t.response_mask_BT
     sums["entropy_sum"] = sums.get("entropy_sum", 0.0) + float(ent_BT[mask].sum())
-    sums["span_tokens"] = sums.get("span_tokens", 0.0) + float(((t["route_BT"] > 0) & mask).sum())
+    sums["span_tokens"] = sums.get("span_tokens", 0.0) + float(((t.route_BT > 0) & mask).sum())
 
 
 def _all_reduce(sums: dict[str, float], world: int, device: torch.device) -> dict[str, float]:
@@ -619,9 +664,21 @@ def _all_reduce(sums: dict[str, float], world: int, device: torch.device) -> dic
     return dict(zip(keys, v.tolist()))
 
 
-def _finish_metrics(sums: dict[str, float], *, step: int, lam: float, grad_norm: float, rows: list[dict],
+def _num_tokens(rows: pa.Table) -> int:
+    return int(pc.sum(pc.list_value_length(rows.column("response_ids"))).as_py() or 0)
+
+
+def assign_skills(router: Any, rows: pa.Table, step: int) -> tuple[pa.Table, dict[str, float]]:
+    """The skill bank's `assign` on the columns it reads; its teacher prompts replace the batch's."""
+    key = router.prompt_key
+    out, metrics = router.assign(rows.select(["rollout_id", "prompt_id", "reward", "prompt_ids", key]).to_pylist(), step)
+    i = rows.schema.get_field_index(key)
+    return rows.set_column(i, rows.schema.field(i), pa.array([r[key] for r in out], rows.schema.field(i).type)), metrics
+
+
+def _finish_metrics(sums: dict[str, float], *, step: int, lam: float, grad_norm: float, rows: pa.Table,
                     seconds: float, lr: float) -> dict[str, Any]:
-    n_tok = sum(len(r["response_ids"]) for r in rows)
+    n_tok = _num_tokens(rows)
     out: dict[str, Any] = {"step": step}
     for k, v in sums.items():
         if k.endswith(("_sum", "_n")) or k in ("span_tokens",):
@@ -636,9 +693,9 @@ def _finish_metrics(sums: dict[str, float], *, step: int, lam: float, grad_norm:
         **{"lambda": lam},
         entropy=sums.get("entropy_sum", 0.0) / max(n_tok, 1),
         span_token_frac=sums.get("span_tokens", 0.0) / max(n_tok, 1),
-        response_length=n_tok / max(len(rows), 1),
-        reward=float(np.mean([r["reward"] for r in rows])),
-        accuracy=float(np.mean([bool(r["correct"]) for r in rows])),
+        response_length=n_tok / max(rows.num_rows, 1),
+        reward=float(np.mean(rows.column("reward").to_numpy().astype(np.float64))),
+        accuracy=float(np.mean(rows.column("correct").to_numpy(zero_copy_only=False).astype(bool))),
         grad_norm=grad_norm, lr=lr, seconds=seconds,
     )
     return out

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -67,24 +68,50 @@ def pack_batch(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Seque
     """
     if len(prompt_ids) != len(response_ids):
         raise ValueError(f"pack_batch: {len(prompt_ids)} prompts but {len(response_ids)} responses")
-    for i, p in enumerate(prompt_ids):
-        if len(p) == 0:
-            raise ValueError(f"pack_batch: prompt of row {i} is empty; a response token needs a predecessor")
-    B = len(prompt_ids)
-    L = max((len(p) + len(r) for p, r in zip(prompt_ids, response_ids)), default=1)
-    T = max((len(r) for r in response_ids), default=0)
-    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
-    attn = torch.zeros((B, L), dtype=torch.long)
-    resp = torch.zeros((B, T), dtype=torch.long)
-    rmask = torch.zeros((B, T), dtype=torch.bool)
-    pred = torch.zeros((B, T), dtype=torch.long)
-    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
-        n_p, n_r = len(p), len(r)
-        input_ids[i, : n_p + n_r] = torch.tensor(list(p) + list(r), dtype=torch.long)
-        attn[i, : n_p + n_r] = 1
-        resp[i, :n_r] = torch.tensor(list(r), dtype=torch.long)
-        rmask[i, :n_r] = True
-        pred[i, :n_r] = torch.arange(n_p - 1, n_p - 1 + n_r)
+    return pack_flat(*_flat(prompt_ids), *_flat(response_ids), pad_id=pad_id)
+
+
+def _flat(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    splits = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in rows], out=splits[1:])
+    return np.fromiter((int(x) for r in rows for x in r), dtype=np.int64, count=int(splits[-1])), splits
+
+
+def pad_rows(values_N: np.ndarray, splits: np.ndarray, width: int, dtype: torch.dtype,
+             at_B: np.ndarray | None = None, out_BW: Tensor | None = None) -> Tensor:
+    """Rows of flat values (row b: ``values_N[splits[b]:splits[b+1]]``, Arrow list layout) written
+    into a right-padded ``[B, width]`` tensor at columns ``at_B[b]`` onwards (default 0), one
+    scatter for the whole batch. Writes into `out_BW` when given (zeros otherwise)."""
+    n_B = np.diff(splits)
+    B = len(n_B)
+    out = torch.zeros((B, width), dtype=dtype) if out_BW is None else out_BW
+    row_N = np.repeat(np.arange(B), n_B)
+    col_N = np.arange(len(values_N)) - np.repeat(splits[:-1], n_B)
+    if at_B is not None:
+        col_N = col_N + np.repeat(at_B, n_B)
+    out[torch.from_numpy(row_N), torch.from_numpy(col_N)] = torch.tensor(np.asarray(values_N)).to(dtype)  # a copy: Arrow buffers are read-only
+    return out
+
+
+def pack_flat(prompt_N: np.ndarray, prompt_splits: np.ndarray, response_N: np.ndarray, response_splits: np.ndarray,
+              pad_id: int = 0) -> ScoringBatch:
+    """`pack_batch` from flat token ids and row splits (Arrow list layout): one tensor per field,
+    filled by whole-batch scatters."""
+    n_p, n_r = np.diff(prompt_splits), np.diff(response_splits)
+    if len(n_p) != len(n_r):
+        raise ValueError(f"pack_batch: {len(n_p)} prompts but {len(n_r)} responses")
+    if (n_p == 0).any():
+        raise ValueError(f"pack_batch: prompt of row {int(np.argmax(n_p == 0))} is empty; a response token needs a "
+                         "predecessor")
+    B = len(n_p)
+    L = int((n_p + n_r).max()) if B else 1
+    T = int(n_r.max()) if B else 0
+    input_ids = pad_rows(prompt_N, prompt_splits, L, torch.long, out_BW=torch.full((B, L), pad_id, dtype=torch.long))
+    pad_rows(response_N, response_splits, L, torch.long, at_B=n_p, out_BW=input_ids)
+    attn = (torch.arange(L)[None, :] < torch.from_numpy(n_p + n_r)[:, None]).long()
+    resp = pad_rows(response_N, response_splits, T, torch.long)
+    rmask = torch.arange(T)[None, :] < torch.from_numpy(n_r)[:, None]
+    pred = torch.where(rmask, torch.from_numpy(n_p - 1)[:, None] + torch.arange(T)[None, :], 0)
     return ScoringBatch(input_ids, attn, resp, rmask, pred)
 
 

@@ -8,7 +8,8 @@ sha256. One row per rollout (columns in ``SHARD_SCHEMA``):
 - ``prompt_ids``: the rendered prompt the policy saw, tokenised without added special tokens;
 - ``response_ids`` / ``old_logprobs``: the sampled tokens and their behaviour log-probs (nats);
 - ``reward``, ``correct``, ``group_id``;
-- ``route``: int8 per response token from ``spans.token_routes`` (0 none, 1 key, 2 error);
+- ``route``: int8 per response token (0 none, 1 key, 2 error), for a whole shard at once from the
+  Arrow ``spans`` column (``spans.token_routes_flat``; every span must reach a token);
 - ``teacher_prompt_ids_<template>``: the privileged prompt for each teacher template (the teacher
   scores ``teacher prompt + response_ids``; positions align on response tokens).
 
@@ -33,6 +34,7 @@ from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 SHARDS_FORMAT = 1
@@ -131,17 +133,43 @@ def response_offsets(tokenizer: Any, response: str, ids: list[int]) -> np.ndarra
     part ways (a tokenizer whose decode does not give back the text), since then no offset can be
     trusted.
     """
-    enc = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
-    n = len(enc["input_ids"])
+    return batch_response_offsets(tokenizer, [response], np.asarray(ids, dtype=np.int64).reshape(-1),
+                                  np.array([0, len(ids)], dtype=np.int64))
+
+
+def batch_response_offsets(tokenizer: Any, responses: list[str], ids_N: np.ndarray, splits: np.ndarray) -> np.ndarray:
+    """`response_offsets` of many rows at once: offsets ``[N, 2]`` of the flat sampled ids ``ids_N``
+    (row b owns ``ids_N[splits[b]:splits[b+1]]``, Arrow list layout). One batched tokenizer call and
+    whole-array checks of the fast path; only rows that fail it decode prefixes."""
+    from itertools import chain
+
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    if list(enc["input_ids"]) == list(ids[:n]) and all(i in special for i in ids[n:]):
-        om = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
-        real = np.array([i not in special for i in ids[:n]], dtype=bool)
-        if bool((om[real, 0] < om[real, 1]).all()):
-            out = np.full((len(ids), 2), len(response), dtype=np.int64)
-            out[:n] = om
-            return out
-    return _decoded_offsets(tokenizer, response, ids, special)
+    special_arr = np.array(sorted(special), dtype=np.int64)
+    enc = tokenizer(list(responses), add_special_tokens=False, return_offsets_mapping=True) if responses else \
+        {"input_ids": [], "offset_mapping": []}
+    n_B = np.array([len(x) for x in enc["input_ids"]], dtype=np.int64)
+    len_B = np.diff(splits)
+    B, M = len(len_B), int(n_B.sum())
+    enc_M = np.fromiter(chain.from_iterable(enc["input_ids"]), dtype=np.int64, count=M)
+    om_M2 = np.fromiter(chain.from_iterable(chain.from_iterable(enc["offset_mapping"])), dtype=np.int64,
+                        count=2 * M).reshape(-1, 2)
+    # Re-tokenised token k of row b sits at ids_N[splits[b] + k] when the row's ids start with it.
+    row_M = np.repeat(np.arange(B), n_B)
+    fits_M = (n_B <= len_B)[row_M]
+    pos_M = np.where(fits_M, splits[:-1][row_M] + np.arange(M) - np.repeat(np.cumsum(n_B) - n_B, n_B), 0)
+    same_M = fits_M & (ids_N[pos_M] == enc_M) if len(ids_N) else fits_M
+    good_M = same_M & (np.isin(enc_M, special_arr) | (om_M2[:, 0] < om_M2[:, 1]))  # real tokens non-empty
+    row_N = np.repeat(np.arange(B), len_B)
+    tail_N = np.arange(len(ids_N)) - np.repeat(splits[:-1], len_B) >= n_B[row_N]  # past the text: specials only
+    bad_B = (np.bincount(row_M[~good_M], minlength=B) > 0) | (n_B > len_B) | \
+        (np.bincount(row_N[tail_N & ~np.isin(ids_N, special_arr)], minlength=B) > 0)
+    out = np.repeat(np.array([[len(r), len(r)] for r in responses], dtype=np.int64).reshape(-1, 2), len_B, axis=0)
+    ok_M = ~bad_B[row_M]
+    out[pos_M[ok_M]] = om_M2[ok_M]
+    for b in np.flatnonzero(bad_B):
+        out[splits[b]: splits[b + 1]] = _decoded_offsets(tokenizer, responses[b],
+                                                         ids_N[splits[b]: splits[b + 1]].tolist(), special)
+    return out
 
 
 def _decoded_offsets(tokenizer: Any, response: str, ids: list[int], special: set[int]) -> np.ndarray:
@@ -222,45 +250,125 @@ def teacher_prompt_text(tokenizer: Any, row: dict, template: str) -> str:
     return render(tokenizer, row, template)
 
 
-def _tokenize(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 def rows_to_shard(table: pa.Table, tokenizer: Any, *, span_source: str = "auto",
                   templates: tuple[str, ...] = ("reference",)) -> pa.Table:
-    """Convert rollout rows (ROLLOUT_SCHEMA columns) into shard rows; pure, row order kept."""
-    from spans import token_routes  # the spans package owns the char -> token rule
+    """Convert rollout rows (ROLLOUT_SCHEMA columns) into shard rows; pure, row order kept.
 
-    out: dict[str, list] = {f.name: [] for f in shard_schema(templates)}
-    for i, row in enumerate(table.to_pylist()):
-        where = f"rollout {row['rollout_id']}"
-        ids = row.get("response_token_ids")
-        lps = row.get("response_logprobs")
-        if ids is None or lps is None:
-            raise ValueError(f"{where}: response_token_ids/response_logprobs are missing; shards need the "
-                             "sampled tokens and their behaviour log-probs")
-        if len(ids) != len(lps):
-            raise ValueError(f"{where}: {len(ids)} response_token_ids but {len(lps)} response_logprobs")
-        if row.get("reward") is None:
-            raise ValueError(f"{where}: reward is null (verify the rollouts first)")
-        spans, used = choose_spans(row.get("spans"), span_source)
-        offsets = response_offsets(tokenizer, row["response"], ids)
-        route = np.asarray(token_routes(spans, offsets, len(ids)), dtype=np.int8) if spans else \
-            np.zeros(len(ids), dtype=np.int8)
-        check_routes(spans, offsets, route, f"{where} (tokenizer {_tokenizer_name(tokenizer)})")
-        out["rollout_id"].append(row["rollout_id"])
-        out["group_id"].append(row["group_id"])
-        out["prompt_id"].append(row["prompt_id"])
-        out["prompt_ids"].append(_tokenize(tokenizer, row["prompt"]))
-        out["response_ids"].append(list(ids))
-        out["old_logprobs"].append(list(lps))
-        out["reward"].append(float(row["reward"]))
-        out["correct"].append(bool(row.get("correct")) if row.get("correct") is not None else float(row["reward"]) > 0)
-        out["route"].append(route.tolist())
-        out["span_source"].append(used)
+    Column at a time: the token columns pass through as Arrow, routes come from the Arrow ``spans``
+    column in one ``spans.token_routes_flat`` call over the flat offsets, and each distinct prompt
+    is tokenised once, in one batched tokenizer call. Refuses (ValueError naming the rollout) rows
+    without sampled tokens, log-probs or reward, and any span no token reaches.
+    """
+    from spans import span_arrays, token_routes_flat  # the spans package owns the char -> token rule
+
+    schema = shard_schema(templates)
+    if table.num_rows == 0:
+        return schema.empty_table()
+    _check_rollout_columns(table)
+    ids_col = table.column("response_token_ids").combine_chunks().cast(pa.list_(pa.int32()))
+    splits = np.zeros(table.num_rows + 1, dtype=np.int64)
+    np.cumsum(pc.list_value_length(ids_col).to_numpy(), out=splits[1:])
+    ids_N = pc.list_flatten(ids_col).to_numpy().astype(np.int64)
+    offsets_N2 = batch_response_offsets(tokenizer, table.column("response").to_pylist(), ids_N, splits)
+    start_S, end_S, code_S, row_S = span_arrays(_column(table, "spans"))
+    keep_S, used = _chosen_spans(_column(table, "spans"), row_S, table.num_rows, span_source)
+    tokens_S = np.zeros(int(keep_S.sum()), dtype=np.int64)
+    route_N = token_routes_flat(offsets_N2[:, 0], offsets_N2[:, 1], splits, start_S[keep_S], end_S[keep_S],
+                                code_S[keep_S], row_S[keep_S], span_tokens_S=tokens_S)
+    if (tokens_S == 0).any():  # a span no token reaches: the per-row check names it
+        b = int(row_S[keep_S][np.argmax(tokens_S == 0)])
+        spans, _ = choose_spans(table.column("spans")[b].as_py(), span_source)
+        check_routes(spans, offsets_N2[splits[b]: splits[b + 1]], route_N[splits[b]: splits[b + 1]],
+                     f"rollout {table.column('rollout_id')[b].as_py()} (tokenizer {_tokenizer_name(tokenizer)})")
+        raise AssertionError(f"row {b}: token_routes_flat lost a span that check_routes finds")
+    reward = table.column("reward").combine_chunks().cast(pa.float32())
+    correct = pc.if_else(pc.is_null(_column(table, "correct")), pc.greater(reward, 0), _column(table, "correct"))
+    cols = {
+        "rollout_id": table.column("rollout_id"), "group_id": table.column("group_id"),
+        "prompt_id": table.column("prompt_id"),
+        "prompt_ids": _tokenize_column(tokenizer, table.column("prompt").to_pylist()),
+        "response_ids": ids_col, "old_logprobs": table.column("response_logprobs").cast(pa.list_(pa.float32())),
+        "reward": reward, "correct": correct,
+        "route": pa.ListArray.from_arrays(pa.array(splits.astype(np.int32)), pa.array(route_N, pa.int8())),
+        "span_source": pa.array(used, pa.string()),
+    }
+    if templates:
+        rows = table.select([c for c in _TEACHER_COLUMNS if c in table.column_names]).to_pylist()
         for t in templates:
-            out[f"teacher_prompt_ids_{t}"].append(_tokenize(tokenizer, teacher_prompt_text(tokenizer, row, t)))
-    return pa.table(out, schema=shard_schema(templates))
+            cols[f"teacher_prompt_ids_{t}"] = _tokenize_column(tokenizer, _teacher_texts(tokenizer, rows, t))
+    one = [x.combine_chunks() if isinstance(x, pa.ChunkedArray) else x for x in (cols[f.name] for f in schema)]
+    return pa.Table.from_arrays([x.cast(f.type) for x, f in zip(one, schema)], schema=schema)
+
+
+_TEACHER_COLUMNS = ("rollout_id", "prompt", "messages", "reference", "error_type", "skill")
+
+
+def _column(table: pa.Table, name: str) -> pa.Array:
+    """Column `name` as one array; all nulls (of the rollout schema's type) when the table lacks it."""
+    if name in table.column_names:
+        return table.column(name).combine_chunks()
+    from datastore.schema import ROLLOUT_SCHEMA
+
+    return pa.nulls(table.num_rows, ROLLOUT_SCHEMA.field(name).type)
+
+
+def _check_rollout_columns(table: pa.Table) -> None:
+    """The per-row preconditions on whole columns; raises for the first bad row, in row order."""
+    ids, lps = _column(table, "response_token_ids"), _column(table, "response_logprobs")
+    missing_B = pc.or_(pc.is_null(ids), pc.is_null(lps)).to_numpy(zero_copy_only=False)
+    n_ids = pc.list_value_length(ids).to_numpy(zero_copy_only=False)
+    n_lps = pc.list_value_length(lps).to_numpy(zero_copy_only=False)
+    mismatch_B = ~missing_B & (np.nan_to_num(n_ids, nan=0) != np.nan_to_num(n_lps, nan=0))
+    no_reward_B = pc.is_null(_column(table, "reward")).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(missing_B | mismatch_B | no_reward_B)
+    if not len(bad):
+        return
+    i = int(bad[0])
+    where = f"rollout {table.column('rollout_id')[i].as_py()}"
+    if missing_B[i]:
+        raise ValueError(f"{where}: response_token_ids/response_logprobs are missing; shards need the "
+                         "sampled tokens and their behaviour log-probs")
+    if mismatch_B[i]:
+        raise ValueError(f"{where}: {int(n_ids[i])} response_token_ids but {int(n_lps[i])} response_logprobs")
+    raise ValueError(f"{where}: reward is null (verify the rollouts first)")
+
+
+def _chosen_spans(spans: pa.Array, row_S: np.ndarray, n_rows: int, span_source: str
+                  ) -> tuple[np.ndarray, list[str | None]]:
+    """`choose_spans` on the flat spans of a column: (keep mask over the flat spans, source used per
+    row or None). Under ``auto`` each row keeps the spans of its first present source in
+    ``SPAN_PRIORITY``."""
+    source = pc.list_flatten(spans.fill_null(pa.scalar([], type=spans.type))).field("source")
+    names = SPAN_PRIORITY if span_source == "auto" else (span_source,)
+    rank_S = np.full(len(row_S), len(names), dtype=np.int64)  # index in `names`; len(names): not a candidate
+    for k, name in enumerate(names):
+        rank_S[pc.equal(source, name).fill_null(False).to_numpy(zero_copy_only=False)] = k
+    best_B = np.full(n_rows, len(names), dtype=np.int64)
+    np.minimum.at(best_B, row_S, rank_S)
+    used = [names[k] if k < len(names) else None for k in best_B.tolist()]
+    return (rank_S < len(names)) & (rank_S == best_B[row_S]), used
+
+
+def _tokenize_column(tokenizer: Any, texts: list[str]) -> pa.Array:
+    """``list<int32>`` ids of each text (no special tokens added); each distinct text tokenised once."""
+    index: dict[str, int] = {}
+    inverse = [index.setdefault(t, len(index)) for t in texts]
+    ids = tokenizer(list(index), add_special_tokens=False)["input_ids"] if index else []
+    return pa.array(ids, pa.list_(pa.int32())).take(pa.array(inverse, pa.int64()))
+
+
+def _teacher_texts(tokenizer: Any, rows: list[dict], template: str) -> list[str]:
+    """`teacher_prompt_text` of each row; rows that agree on everything it reads render once
+    (the prompt, the chat, the template's fields, and the skill, which is always parsed)."""
+    cache: dict[str, str] = {}
+    out = []
+    read = ("prompt", "messages", "skill", *_TEMPLATE_FIELDS[template])
+    for row in rows:
+        key = json.dumps([row.get(c) for c in read], ensure_ascii=False)
+        if key not in cache:
+            cache[key] = teacher_prompt_text(tokenizer, row, template)
+        out.append(cache[key])
+    return out
 
 
 def _sha256(path: Path) -> str:

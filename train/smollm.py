@@ -35,47 +35,45 @@ def gguf_path() -> Path:
 def smollm2(cache_dir: str | Path | None = None, progress: bool = True) -> Path:
     """A transformers folder of SmolLM2-135M-Instruct (float32), converted from the wheel's GGUF
     on first use and cached at `<cache_dir or $SPANROUTE_CACHE or ~/.cache/spanroute>/smollm2-135m-instruct`.
-    Safe against concurrent callers (file lock + atomic rename)."""
-    import fcntl
+    Safe against concurrent callers (`datastore.cache.build_once`: file lock + atomic rename)."""
+    from datastore.cache import build_once, cache_root
+
+    src = gguf_path()
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
+    final = root / f"smollm2-135m-instruct-{src.stat().st_size}"
+    build_once(lambda: (final / "config.json").exists(), root / ".smollm2.lock",
+               lambda: _convert(src, root, final, progress))
+    return final
+
+
+def _convert(src: Path, root: Path, final: Path, progress: bool) -> None:
+    """Convert the GGUF at `src` into a transformers folder, built aside and renamed to `final`."""
     import shutil
     import sys
     import tempfile
     import time
 
-    from train.cache import cache_root
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    src = gguf_path()
-    root = Path(cache_dir) if cache_dir is not None else cache_root()
-    final = root / f"smollm2-135m-instruct-{src.stat().st_size}"
-    if (final / "config.json").exists():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".smollm2.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (final / "config.json").exists():
-            return final
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        t0 = time.time()
-        if progress:
-            print(f"SmolLM2: converting {src.name} to a transformers folder (once, ~25 s)...", file=sys.stderr, flush=True)
-        tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
-        model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
-        # The weights are dequantized already; leftover quantizer state would make save_pretrained
-        # write a config that claims GGUF quantization and then fail to reload.
-        model.hf_quantizer = None
-        model.is_quantized = False
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        tmp = Path(tempfile.mkdtemp(prefix=".smollm2-build-", dir=root))
-        try:
-            model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            tmp.rename(final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        if progress:
-            print(f"SmolLM2: saved {final} in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
-    return final
+    t0 = time.time()
+    if progress:
+        print(f"SmolLM2: converting {src.name} to a transformers folder (once, ~25 s)...", file=sys.stderr, flush=True)
+    tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+    model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
+    # The weights are dequantized already; leftover quantizer state would make save_pretrained
+    # write a config that claims GGUF quantization and then fail to reload.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-build-", dir=root))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        tmp.rename(final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    if progress:
+        print(f"SmolLM2: saved {final} in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)

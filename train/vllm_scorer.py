@@ -38,7 +38,7 @@ class VLLMScorer:
         else:
             llm_kwargs.setdefault("skip_tokenizer_init", True)
             llm_kwargs.setdefault("enable_prefix_caching", False)  # prompt log-probs of cached prefixes are not recomputed
-            from train.vllm_generator import engine_settings
+            from train.rollouts.vllm_generator import engine_settings
 
             self.llm = LLM(model=str(model), **engine_settings(llm_kwargs))
 

@@ -10,8 +10,8 @@ registries: `annotate rule`, `skills extract --engine rule`, `--model toy`).
 """
 
 from train.toy.models import model_config, tiny_model
-from train.toy.policy import SHIPPED_WEIGHTS, TOY_EVAL_SEED, ToyPolicyRecipe, toy_accuracy, toy_policy
-from train.toy.problems import (Problem, make_problems, noisy_reference, parse_steps, prompt_id_of, render_prompt,
+from train.toy.policy import SHIPPED_WEIGHTS, ToyPolicyRecipe, toy_accuracy, toy_policy
+from train.toy.problems import (TOY_EVAL_SEED, Problem, make_problems, noisy_reference, parse_steps, prompt_id_of, render_prompt,
                                 render_solution, toy_messages, toy_prompt_records)
 from train.toy.tokenizer import CHAT_TEMPLATE, IM_END, IM_START, PAD, SPECIAL_TOKENS, build_tokenizer
 

@@ -17,14 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from train.toy.policy import TOY_CHECK_SEED
+from train.toy.problems import TOY_CHECK_SEED
 
 AGREE_F1 = 0.8
 
 
 def _greedy_correct(gen, prompts: list[str], references: list[str]) -> list[bool]:
-    from train.rollout import Sampling
-    from train.verify import toy_int
+    from train.rollouts.generate import Sampling
+    from train.rollouts.verify import toy_int
 
     outs = gen.generate(prompts, n=1, sampling=Sampling(temperature=0.0, max_new_tokens=48), seeds=[0] * len(prompts))
     return [toy_int(o[0].text, ref)[1] for o, ref in zip(outs, references, strict=True)]
@@ -88,7 +88,8 @@ def measure_policy(path: str | Path, n_problems: int = 200, samples: int = 4, n_
                    seed: int = TOY_CHECK_SEED, progress: bool = True) -> dict:
     """All three capabilities of the policy folder `path` on `n_problems` problems of `seed`
     (a seed the build excludes). Fractions in [0, 1]; takes ~a minute or two on 2 cores."""
-    from train.rollout import HFGenerator, Sampling, generate_rollouts
+    from train.rollouts.generate import Sampling, generate_rollouts
+    from train.rollouts.hf_generator import HFGenerator
     from train.teacher import teacher_prompt_text
     from train.toy.problems import make_problems, toy_messages, toy_prompt_records
 

@@ -15,10 +15,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from train.toy.problems import make_problems
+from train.toy.problems import TOY_CHECK_SEED, TOY_EVAL_SEED, make_problems
 
-TOY_EVAL_SEED = 777  # held-out problems: never trained on
-TOY_CHECK_SEED = 4242  # a seed no part of the project trains or tunes on: the independent check
 
 
 @dataclass(frozen=True)
@@ -78,7 +76,7 @@ def toy_policy(cache_dir: str | Path | None = None, recipe: ToyPolicyRecipe = To
     import shutil
     import tempfile
 
-    from train.cache import cache_root
+    from datastore.cache import cache_root
 
     shipped = SHIPPED_WEIGHTS / f"toy-policy-{recipe.key()}"
     if cache_dir is None and (shipped / "toy_policy.json").exists():
@@ -136,7 +134,8 @@ def toy_accuracy(model, tokenizer, n_problems: int = 200, samples: int = 4, temp
                  seed: int = 0, problem_seed: int = TOY_EVAL_SEED) -> float:
     """Fraction of correct answers on plain prompts of held-out toy problems (`problem_seed`),
     `samples` per problem at `temperature` (0 = greedy, one sample)."""
-    from train.rollout import HFGenerator, Sampling, generate_rollouts
+    from train.rollouts.generate import Sampling, generate_rollouts
+    from train.rollouts.hf_generator import HFGenerator
     from train.toy.problems import toy_prompt_records
 
     gen = HFGenerator(model, tokenizer, model_name="eval", batch_size=200)

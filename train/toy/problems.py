@@ -7,9 +7,12 @@ import random
 from dataclasses import dataclass
 from typing import Iterable
 
-from train.rollout import PromptRecord, prompt_id_of
+from datastore.ids import prompt_id_of
+from train.rollouts.generate import PromptRecord
 
 OPS = ("+", "-", "*")
+TOY_EVAL_SEED = 777  # held-out problems: never trained on
+TOY_CHECK_SEED = 4242  # a seed no part of the project trains or tunes on: the independent check
 
 
 @dataclass(frozen=True)

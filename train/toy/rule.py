@@ -111,13 +111,11 @@ def annotate_lines(lines: list[str], reference: str | None, want_error: bool) ->
 
 def line_ranges(text: str) -> list[tuple[int, int]]:
     """(start, end) of each non-blank line of `text`, without surrounding whitespace."""
+    from spans.offsets import strip_range
+
     out = []
     for m in _LINE.finditer(text):
-        a, b = m.start(), m.end()
-        while a < b and text[a].isspace():
-            a += 1
-        while b > a and text[b - 1].isspace():
-            b -= 1
+        a, b = strip_range(text, m.start(), m.end())
         if a < b:
             out.append((a, b))
     return out

@@ -80,17 +80,17 @@ def habit_answer(solution: str) -> str:
 def rule_answer(response: str, reference: str, correct: bool) -> dict | None:
     """What the rule annotator says about a rollout, as the annotator schema's answer
     (`{"steps": [{"segment", "quote", "reason"}], "error_type"?}`); None when it marks nothing."""
-    from annotate.spans_adapter import segments
+    from spans import numbered_steps
     from train.toy.rule import rule_annotate
 
     spans, error_type = rule_annotate(response, reference, correct)
     if not spans:
         return None
-    segs = segments(response)
+    segs = numbered_steps(response)
     steps = []
     for s in spans:
         seg = next(g for g in segs if g.start <= s.start and s.end <= g.end)
-        steps.append({"segment": seg.number, "quote": response[s.start:s.end],
+        steps.append({"segment": seg.index, "quote": response[s.start:s.end],
                       "reason": REASONS["key" if correct else error_type]})
     return {"steps": steps} if correct else {"steps": steps, "error_type": error_type}
 
@@ -98,18 +98,18 @@ def rule_answer(response: str, reference: str, correct: bool) -> dict | None:
 def annotator_prompt(chat, p: Problem, response: str, correct: bool) -> str:
     """The annotator's prompt for one rollout, as `annotate self` renders it in process."""
     from annotate.api import RequestParams, build_body
-    from annotate.spans_adapter import render_numbered, segments
     from annotate.templates import load
+    from spans import numbered
 
     tpl = load("key_spans" if correct else "error_spans")
     body = build_body(tpl, "toy", RequestParams(), prompt=render_prompt(p.question, chat), reference=p.reference,
-                      numbered=render_numbered(segments(response)))
+                      numbered=numbered(response))
     return chat.apply_chat_template(body["messages"], tokenize=False, add_generation_prompt=True)
 
 
 def _skill(p: Problem, rng: random.Random) -> str:
     from train.toy.skills import rule_skill
-    from train.verify import toy_int
+    from train.rollouts.verify import toy_int
 
     group = []
     for _ in range(rng.choice((4, 8))):
@@ -128,7 +128,7 @@ def example(task: str, p: Problem, rng: random.Random, chat, noise: float, hint_
     """(prompt text, completion text) of one `task` example for problem `p`; None if the rule
     annotator marks nothing on the drawn rollout."""
     from train.teacher import teacher_prompt_text
-    from train.verify import toy_int
+    from train.rollouts.verify import toy_int
 
     if task == "plain":
         target = noisy_reference(p, rng) if rng.random() < noise else p.reference
@@ -169,12 +169,3 @@ def examples(chat, weights: dict[str, float], seed: int, noise: float, hint_nois
             if ex is not None:
                 yield task, ex[0], ex[1]
         chunk += 1
-
-
-def corpus(chat, n: int = 3000) -> list[str]:
-    """What the tokenizer is trained on: prompts + completions of every task, deterministic."""
-    from train.toy.tokenizer import IM_END
-
-    weights = {t: 1.0 for t in TASKS}
-    it = examples(chat, weights, seed=10_000, noise=0.3, hint_noise=0.1, partial=0.2)
-    return [f"{prompt}{completion}{IM_END}\n" for _, prompt, completion in (next(it) for _ in range(n))]

@@ -1,6 +1,6 @@
 """The toy tokenizer: a byte-level BPE trained on the texts the toy policy reads and writes.
 
-Trained on the SFT mix itself (`train.toy.sft.corpus`): plain prompts and solutions, the trainer's
+Trained on the SFT mix itself (`corpus`): plain prompts and solutions, the trainer's
 teacher prompts and the annotator's prompts with their JSON answers, so the templates' words and the
 JSON punctuation are single tokens (an annotator prompt is ~250 tokens, not ~900 bytes).
 """
@@ -50,7 +50,7 @@ def _trained(vocab_size: int) -> str:
     renders 3000 examples of every task) and cached."""
     import hashlib
 
-    from train.cache import cache_root
+    from datastore.cache import cache_root
 
     key = hashlib.sha256(f"{TOKENIZER_VERSION}-{vocab_size}".encode()).hexdigest()[:12]
     path = cache_root() / f"toy-tokenizer-{key}.json"
@@ -72,7 +72,6 @@ def _trained(vocab_size: int) -> str:
 def _train(vocab_size: int):
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-    from train.toy.sft import corpus
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
@@ -95,7 +94,7 @@ def _train(vocab_size: int):
 
 def build_tokenizer(out_dir: str | Path | None = None, vocab_size: int = 1024):
     """Train the toy byte-level BPE tokenizer (deterministic; ~10 s once, then cached on disk under
-    `train.cache.cache_root()` and in the process) and return it as a
+    `datastore.cache.cache_root()` and in the process) and return it as a
     `PreTrainedTokenizerFast` with the ChatML template, `pad_token=<|endoftext|>` and
     `eos_token=<|im_end|>`. Any text encodes (full byte alphabet). Its normalizer and
     pre-tokenizer are Qwen2's, so `AutoTokenizer` reloads it identically from a Qwen2 model
@@ -119,3 +118,12 @@ def build_tokenizer(out_dir: str | Path | None = None, vocab_size: int = 1024):
     if out_dir is not None:
         fast.save_pretrained(str(out_dir))
     return fast
+
+
+def corpus(chat, n: int = 3000) -> list[str]:
+    """What the tokenizer is trained on: prompts + completions of every task, deterministic."""
+    from train.toy.sft import TASKS, examples
+
+    weights = {t: 1.0 for t in TASKS}
+    it = examples(chat, weights, seed=10_000, noise=0.3, hint_noise=0.1, partial=0.2)
+    return [f"{prompt}{completion}{IM_END}\n" for _, prompt, completion in (next(it) for _ in range(n))]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from train.rollout import Sample, Sampling
+from train.rollouts.generate import Sample, Sampling
 
 # KV cache on CPU: vLLM reads `gpu_memory_utilization` there as a fraction of RAM *minus what the
 # process already holds*, so the same fraction passes or fails with what ran before; a byte budget

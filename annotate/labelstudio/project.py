@@ -103,7 +103,7 @@ def _api_errors(fn):
 
 
 # Where the token comes from, first found wins: --token-file, then spanroute's own variable, then
-# the Label Studio SDK's standard one (the URL: --url, SPANROUTE_LS_URL, LABEL_STUDIO_URL; cli_ls.py).
+# the Label Studio SDK's standard one (the URL: --url, SPANROUTE_LS_URL, LABEL_STUDIO_URL; cli.py).
 TOKEN_ENV = ("SPANROUTE_LS_TOKEN", "LABEL_STUDIO_API_KEY")
 
 
@@ -403,14 +403,10 @@ def _dt(s) -> datetime:
     return s if isinstance(s, datetime) else datetime.fromisoformat(str(s).replace("Z", "+00:00"))
 
 
-@_api_errors
-def pull(store, client, project: int) -> PullResult:
-    """Write the annotations new or changed since the last pull as human spans, in one new version.
-
-    All or nothing: any refused annotation raises LabelStudioError (task named) and nothing is
-    written, the cursor included. Latest annotation per (task, user) wins.
-    """
-    cursor = load_cursor(store, project)
+def _new_annotations(client, project: int, cursor: dict):
+    """(fresh, cancelled, newest) of the tasks updated since the cursor: fresh maps (rollout,
+    annotator) to the latest annotation not yet pulled in this state, cancelled lists (task id,
+    annotation), newest is the server time of the newest task update seen."""
     query = None
     if cursor.get("task_updated_at"):
         since = (_dt(cursor["task_updated_at"]) - PULL_SLACK).isoformat().replace("+00:00", "Z")
@@ -434,6 +430,18 @@ def pull(store, client, project: int) -> PullResult:
             key = (rid, annotator_id(a.get("completed_by")))
             if key not in fresh or _dt(fresh[key]["updated_at"]) < _dt(a["updated_at"]):
                 fresh[key] = {**a, "task": int(t.id), "response_in_task": (t.data or {}).get("response")}
+    return fresh, cancelled, newest
+
+
+@_api_errors
+def pull(store, client, project: int) -> PullResult:
+    """Write the annotations new or changed since the last pull as human spans, in one new version.
+
+    All or nothing: any refused annotation raises LabelStudioError (task named) and nothing is
+    written, the cursor included. Latest annotation per (task, user) wins.
+    """
+    cursor = load_cursor(store, project)
+    fresh, cancelled, newest = _new_annotations(client, project, cursor)
     for tid, a in cancelled:
         cursor["cancelled"][str(a["id"])] = {"task": tid, "annotator": annotator_id(a.get("completed_by")),
                                              "updated_at": str(a.get("updated_at"))}

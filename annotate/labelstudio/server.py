@@ -22,7 +22,6 @@ is only accepted once the port we asked for answers *our* token with *our* user.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -39,6 +38,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from datastore.cache import build_once, cache_root
+
 LS_VERSION = "1.23.2"
 LS_REQUIREMENT = f"label-studio=={LS_VERSION}"
 INSTALL_TIMEOUT_S = 900.0
@@ -54,20 +55,7 @@ class ServerError(RuntimeError):
 
 def cache_dir() -> Path:
     """Where the server venv, the data-dir template and the serve data live."""
-    root = os.environ.get("SPANROUTE_CACHE") or str(Path.home() / ".cache" / "spanroute")
-    return Path(root).expanduser() / "labelstudio"
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive inter-process lock (so two test sessions never install at once)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return cache_root() / "labelstudio"
 
 
 def _base_python() -> str:
@@ -85,35 +73,40 @@ def ensure_venv(cache: Path | None = None, *, log=print) -> Path:
     venv = cache / "venv"
     script = venv / "bin" / "label-studio"
     marker = venv / ".complete"
-    if marker.exists() and marker.read_text().strip() == LS_REQUIREMENT and script.exists():
-        return script
-    with _locked(cache / ".install.lock"):
-        if marker.exists() and marker.read_text().strip() == LS_REQUIREMENT and script.exists():
-            return script
-        shutil.rmtree(venv, ignore_errors=True)
-        log(f"installing {LS_REQUIREMENT} into its own venv at {venv} (about 1-2 minutes, once)")
-        t0 = time.monotonic()
-        # --no-compile: byte-compiling all of Django + Label Studio up front is a large share of the
-        # install; the modules a start really imports compile on first use instead.
-        steps = [
-            [_base_python(), "-m", "venv", str(venv)],
-            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-             "--no-compile", LS_REQUIREMENT],
-        ]
-        for cmd in steps:
-            try:
-                done = subprocess.run(cmd, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S,
-                                      env=_clean_env({}))
-            except subprocess.TimeoutExpired as e:
-                raise ServerError(f"installing {LS_REQUIREMENT} timed out after {e.timeout:.0f} s "
-                                  f"(check network access to PyPI)") from None
-            if done.returncode != 0:
-                tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-                raise ServerError(f"installing {LS_REQUIREMENT} into {venv} failed: "
-                                  f"{' | '.join(tail)} (check network access to PyPI and disk space)")
-        marker.write_text(LS_REQUIREMENT + "\n")
-        log(f"installed {LS_REQUIREMENT} in {time.monotonic() - t0:.0f} s")
+    build_once(lambda: _marked(marker) and script.exists(), cache / ".install.lock",
+               lambda: _install_venv(venv, marker, log))
     return script
+
+
+def _marked(marker: Path) -> bool:
+    """Was this cache entry finished for the Label Studio version we pin?"""
+    return marker.exists() and marker.read_text().strip() == LS_REQUIREMENT
+
+
+def _install_venv(venv: Path, marker: Path, log) -> None:
+    shutil.rmtree(venv, ignore_errors=True)
+    log(f"installing {LS_REQUIREMENT} into its own venv at {venv} (about 1-2 minutes, once)")
+    t0 = time.monotonic()
+    # --no-compile: byte-compiling all of Django + Label Studio up front is a large share of the
+    # install; the modules a start really imports compile on first use instead.
+    steps = [
+        [_base_python(), "-m", "venv", str(venv)],
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+         "--no-compile", LS_REQUIREMENT],
+    ]
+    for cmd in steps:
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S,
+                                  env=_clean_env({}))
+        except subprocess.TimeoutExpired as e:
+            raise ServerError(f"installing {LS_REQUIREMENT} timed out after {e.timeout:.0f} s "
+                              f"(check network access to PyPI)") from None
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+            raise ServerError(f"installing {LS_REQUIREMENT} into {venv} failed: "
+                              f"{' | '.join(tail)} (check network access to PyPI and disk space)")
+    marker.write_text(LS_REQUIREMENT + "\n")
+    log(f"installed {LS_REQUIREMENT} in {time.monotonic() - t0:.0f} s")
 
 
 def free_port() -> int:
@@ -253,36 +246,35 @@ def ensure_template(script: Path, cache: Path | None = None, *, log=print) -> Pa
     """A data dir with every migration applied and no user, built once by a throwaway start."""
     cache = cache or cache_dir()
     template = cache / "template"
-    marker = template / ".complete"
-    if marker.exists() and marker.read_text().strip() == LS_REQUIREMENT:
-        return template
-    with _locked(cache / ".template.lock"):
-        if marker.exists() and marker.read_text().strip() == LS_REQUIREMENT:
-            return template
-        shutil.rmtree(template, ignore_errors=True)
-        building = Path(tempfile.mkdtemp(prefix="template-", dir=cache))
-        log("migrating a fresh Label Studio data dir (about 40 s, once)")
-        t0 = time.monotonic()
-        port = free_port()
-        log_path = cache / "template-build.log"
-        log_path.unlink(missing_ok=True)
-        proc = _spawn(script, building, port, {}, log_path)
-        server = LSServer(f"http://127.0.0.1:{port}", port, "", "", "", building, log_path, proc,
-                          remove_data_dir=True)  # a failed build leaves nothing behind
-        try:
-            _wait_ready(server, TEMPLATE_TIMEOUT_S)
-        except _PortTaken:
-            server.stop()
-            raise ServerError(f"port {port} was taken while building the template; retry") from None
-        except BaseException:
-            server.stop()
-            raise
-        server.remove_data_dir = False
-        server.stop()
-        building.rename(template)
-        marker.write_text(LS_REQUIREMENT + "\n")
-        log(f"template ready in {time.monotonic() - t0:.0f} s")
+    build_once(lambda: _marked(template / ".complete"), cache / ".template.lock",
+               lambda: _build_template(script, cache, template, log))
     return template
+
+
+def _build_template(script: Path, cache: Path, template: Path, log) -> None:
+    shutil.rmtree(template, ignore_errors=True)
+    building = Path(tempfile.mkdtemp(prefix="template-", dir=cache))
+    log("migrating a fresh Label Studio data dir (about 40 s, once)")
+    t0 = time.monotonic()
+    port = free_port()
+    log_path = cache / "template-build.log"
+    log_path.unlink(missing_ok=True)
+    proc = _spawn(script, building, port, {}, log_path)
+    server = LSServer(f"http://127.0.0.1:{port}", port, "", "", "", building, log_path, proc,
+                      remove_data_dir=True)  # a failed build leaves nothing behind
+    try:
+        _wait_ready(server, TEMPLATE_TIMEOUT_S)
+    except _PortTaken:
+        server.stop()
+        raise ServerError(f"port {port} was taken while building the template; retry") from None
+    except BaseException:
+        server.stop()
+        raise
+    server.remove_data_dir = False
+    server.stop()
+    building.rename(template)
+    (template / ".complete").write_text(LS_REQUIREMENT + "\n")
+    log(f"template ready in {time.monotonic() - t0:.0f} s")
 
 
 def start(

@@ -19,6 +19,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from datastore.cli_options import STORE, VERSION
+
 app = typer.Typer(
     no_args_is_help=True,
     help="Human span correction in Label Studio. URL: --url, else SPANROUTE_LS_URL, else LABEL_STUDIO_URL; "
@@ -32,13 +34,12 @@ URL = typer.Option("http://127.0.0.1:8080", "--url", envvar=["SPANROUTE_LS_URL",
 TOKEN_FILE = typer.Option(None, "--token-file",
                           help="File holding the API token; default: env SPANROUTE_LS_TOKEN, else "
                                "LABEL_STUDIO_API_KEY.")
-STORE = typer.Option(..., "--store", help="The datastore directory.")
 PROJECT = typer.Option(None, "--project",
                        help="Label Studio project title (default: 'spanroute <store dir name>').")
 
 
 def _open(url: str, token_file: Optional[Path], store_dir: Path, project: Optional[str]):
-    from annotate import labelstudio as ls
+    from annotate.labelstudio import project as ls
     from datastore import Store
 
     client = ls.connect(url, ls.read_token(token_file))
@@ -63,8 +64,8 @@ def serve_(
     import secrets
     import signal
 
-    from annotate import ls_server
-    from annotate.labelstudio import env_token
+    from annotate.labelstudio import server as ls_server
+    from annotate.labelstudio.project import env_token
 
     cache = ls_server.cache_dir()
     token_path = cache / "token"
@@ -121,7 +122,7 @@ def init_(url: str = URL, token_file: Optional[Path] = TOKEN_FILE, store: Path =
 def push_(
     url: str = URL, token_file: Optional[Path] = TOKEN_FILE, store: Path = STORE,
     project: Optional[str] = PROJECT,
-    version: Optional[str] = typer.Option(None, "--version", help="Store version number or tag (default latest)."),
+    version: Optional[str] = VERSION,
     only_incorrect: bool = typer.Option(False, "--only-incorrect", help="Only rollouts whose answer is wrong."),
     only_unannotated: bool = typer.Option(False, "--only-unannotated", help="Only rollouts without human spans."),
     sample: Optional[int] = typer.Option(None, "--sample", help="Push a random sample of N of the selected rows."),

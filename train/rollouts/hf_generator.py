@@ -1,174 +1,20 @@
-"""Rollout generation: G samples per prompt with token ids and behaviour log-probs, verified.
+"""transformers backend of the `Generator` protocol: `HFGenerator`, and the log-prob check every
+backend is held to (`teacher_forced_logprobs`, `logprob_max_abs_diff`).
 
-The flow of one batch, top to bottom (`generate_rollouts`):
-  prompts (rendered chat text) ──► Generator.generate(n=G, seeds) ──► verifier(response, reference)
-  ──► one Arrow row per sample in `datastore.schema.ROLLOUT_SCHEMA`.
-
-Two generators implement the `Generator` protocol and return the same `Sample`s:
-`HFGenerator` (transformers, CPU or GPU, here) and `VLLMGenerator` (`train/vllm_generator.py`,
-imported lazily).
-
-Conventions every backend keeps:
-- `Sample.token_ids` are the sampled ids, including the final EOS token when the model stopped by
-  itself (the policy chose to stop, so training sees that action); `Sample.text` is the decode of
-  those ids without that final EOS (special tokens elsewhere are kept, so text and ids agree).
-  A stop string stays in the text (and its tokens in the ids).
-- `Sample.logprobs` are the log-probabilities (nats) of the sampled ids under the policy's *raw*
-  distribution, softmax(logits) at temperature 1 — not under the temperature / top-k / top-p
-  filtered distribution that was sampled from. This is what importance ratios need.
-- Sampling is reproducible per rollout: sample j of a prompt with seed s depends only on
-  (s, j, prompt) — not on which other prompts shared its batch — so a resumed run regenerates
-  exactly what an uninterrupted run would have (`HFGenerator` samples with per-row Gumbel noise).
+Sampling happens in a logits processor (`_SampleAndRecord`): per-row Gumbel-max with the row's own
+`torch.Generator`, so sample j of a prompt depends only on (seed, prompt, j), and the recorded
+log-probs are those of the raw distribution (nats, temperature 1) — the conventions of
+`train.rollouts.generate`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Sequence
 
 import pyarrow as pa
 
-from datastore.schema import ROLLOUT_SCHEMA
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How to sample. `temperature=0` means greedy; `top_k=0` and `top_p=1.0` mean no filtering;
-    `max_new_tokens` counts response tokens; generation also stops at EOS and at any `stop` string."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    max_new_tokens: int = 128
-    stop: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["stop"] = list(self.stop)
-        return d
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One sampled response. `finish_reason` is `stop` (EOS or stop string) or `length`."""
-
-    text: str
-    token_ids: list[int]
-    logprobs: list[float]
-    finish_reason: str
-
-
-@dataclass(frozen=True)
-class PromptRecord:
-    """One prompt to roll out. `prompt` is the rendered text the policy sees (chat template
-    applied); `messages` its chat form when there is one; `reference` the privileged answer or
-    solution the verifier compares against (never shown to the policy)."""
-
-    prompt_id: str
-    prompt: str
-    reference: str
-    messages: tuple[tuple[str, str], ...] | None = None
-    source: dict[str, Any] = field(default_factory=dict, compare=False)
-
-
-class Generator(Protocol):
-    """Anything that samples `n` responses for each prompt text.
-
-    `seeds[i]` fixes the randomness of prompt i: the same (prompt, seed, n, sampling) gives the
-    same samples whatever else is in the batch."""
-
-    model_name: str
-    backend: str
-
-    def generate(
-        self, prompts: Sequence[str], *, n: int, sampling: Sampling, seeds: Sequence[int]
-    ) -> list[list[Sample]]: ...
-
-
-def stable_hash(*parts: Any, length: int = 16) -> str:
-    """Hex sha256 of the parts joined unambiguously (JSON): stable across processes and machines."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()[:length]
-
-
-def sampling_json(sampling: Sampling, *, n: int, seed: int, backend: str) -> str:
-    """The `sampling` column: everything that determines the samples, as canonical JSON."""
-    return json.dumps({**sampling.to_dict(), "n": n, "seed": seed, "backend": backend}, sort_keys=True)
-
-
-def group_id_of(prompt_id: str, model: str, sampling: str) -> str:
-    """The group of G samples of one prompt in one generation setting (model + sampling JSON,
-    which includes the seed and backend). Resuming a run skips groups whose id is already stored."""
-    return stable_hash("group", prompt_id, model, sampling)
-
-
-def rollout_id_of(group_id: str, prompt_id: str, response: str, model: str, index: int) -> str:
-    """Stable content hash of (prompt_id, response, model, sample index) — and the group, so that
-    two runs with other seeds that happen to sample the same text never share an id."""
-    return stable_hash("rollout", group_id, prompt_id, response, model, index)
-
-
-def prompt_id_of(question: str) -> str:
-    """Stable id of a prompt text (16 hex chars of sha256): the same question → the same id,
-    on any machine and in any process (unlike Python's salted `hash`)."""
-    return hashlib.sha256(question.encode("utf-8")).hexdigest()[:16]
-
-
-def prompt_seed(seed: int, prompt_id: str) -> int:
-    """The per-prompt seed handed to generators (63-bit, from the run seed and the prompt id)."""
-    return int(stable_hash("seed", seed, prompt_id), 16) & ((1 << 63) - 1)
-
-
-def generate_rollouts(
-    generator: Generator,
-    prompts: Sequence[PromptRecord],
-    *,
-    n: int,
-    sampling: Sampling,
-    seed: int,
-    verifier: str = "toy-int",
-) -> pa.Table:
-    """Sample `n` responses per prompt, verify each against the prompt's reference, and return
-    `len(prompts) * n` rows in `ROLLOUT_SCHEMA` (annotation columns null)."""
-    from train.verify import get_verifier
-
-    verify = get_verifier(verifier)
-    samp = sampling_json(sampling, n=n, seed=seed, backend=generator.backend)
-    groups = generator.generate(
-        [p.prompt for p in prompts], n=n, sampling=sampling, seeds=[prompt_seed(seed, p.prompt_id) for p in prompts]
-    )
-    rows = []
-    for p, samples in zip(prompts, groups, strict=True):
-        if len(samples) != n:
-            raise RuntimeError(f"generator returned {len(samples)} samples for prompt {p.prompt_id}, expected {n}")
-        gid = group_id_of(p.prompt_id, generator.model_name, samp)
-        messages = [{"role": r, "content": c} for r, c in p.messages] if p.messages is not None else None
-        for j, s in enumerate(samples):
-            reward, correct = verify(s.text, p.reference)
-            rows.append(
-                {
-                    "rollout_id": rollout_id_of(gid, p.prompt_id, s.text, generator.model_name, j),
-                    "prompt_id": p.prompt_id,
-                    "group_id": gid,
-                    "prompt": p.prompt,
-                    "messages": messages,
-                    "response": s.text,
-                    "response_token_ids": s.token_ids,
-                    "response_logprobs": s.logprobs,
-                    "reward": reward,
-                    "correct": correct,
-                    "verifier": verifier,
-                    "reference": p.reference,
-                    "model": generator.model_name,
-                    "sampling": samp,
-                }
-            )
-    return pa.Table.from_pylist(rows, schema=ROLLOUT_SCHEMA)
-
-
-# ---------------------------------------------------------------------------------------------
-# transformers backend
+from datastore.ids import stable_hash
+from train.rollouts.generate import Sample, Sampling
 
 
 def _row_seed(prompt_seed_: int, index: int) -> int:
@@ -365,6 +211,3 @@ def logprob_max_abs_diff(model, tokenizer, table: pa.Table) -> float:
         ref = teacher_forced_logprobs(model, tokenizer, prompt, ids)
         worst = max(worst, max(abs(a - b) for a, b in zip(ref, lps)))
     return worst
-
-
-VerifierFn = Callable[[str, str], "tuple[float, bool]"]

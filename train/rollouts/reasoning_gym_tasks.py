@@ -13,7 +13,7 @@ that score (0..1, some tasks give partial credit), correct means reward == 1. re
 expect an *extracted* answer: on a whole response they credit only a response that is the answer.
 Extraction, first that applies: the last `<answer>...</answer>` (reasoning-gym's own format), the last
 `\\boxed{...}`, the last `Answer: ...` line; else, when the reference answer is a number, the last
-number written (any form `train.verify.numbers` reads); else the last non-empty line. An extracted
+number written (any form `train.rollouts.verify.numbers` reads); else the last non-empty line. An extracted
 answer that is one integer (e.g. `−214`, `２１４`, `1,214`) is passed on in ASCII digits.
 """
 
@@ -38,7 +38,7 @@ def _import():
     return reasoning_gym
 
 
-def _value(text: str) -> Any:
+def value_of(text: str) -> Any:
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
     for cast in (int, float):
@@ -56,7 +56,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     task, _, query = body.partition("?")
     if not task:
         raise ValueError(f"--prompts {spec!r}: expected reasoning-gym:TASK?size=N&seed=S")
-    config = {**DEFAULTS, **{k: _value(v) for k, v in parse_qsl(query, keep_blank_values=True)}}
+    config = {**DEFAULTS, **{k: value_of(v) for k, v in parse_qsl(query, keep_blank_values=True)}}
     known = _import().factory.DATASETS
     if task not in known:
         raise ValueError(f"--prompts {spec!r}: unknown reasoning-gym task {task!r} "
@@ -71,7 +71,7 @@ def _dataset(task: str, config_json: str):
 
 def task_rows(spec: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Prompt rows (`question`, `reference`, `prompt_id`) of a reasoning-gym spec, and its lineage."""
-    from train.rollout import stable_hash
+    from datastore.ids import stable_hash
 
     task, config = parse_spec(spec)
     cfg = json.dumps(config, sort_keys=True)
@@ -93,7 +93,7 @@ _ANSWER_LINE = re.compile(r"answer\s*(?:is)?\s*[:\uff1a]\s*\**\s*(.+)", re.IGNOR
 
 def extract_answer(response: str, numeric: bool) -> str | None:
     """The final answer written in `response` (rules in the module docstring); None if empty."""
-    from train.verify import _NUMBER, _as_int, _value, numbers
+    from train.rollouts.numbers import NUMBER, as_int, number_value, numbers
 
     for rx in (_TAG, _BOXED, _ANSWER_LINE):
         found = rx.findall(response)
@@ -109,15 +109,15 @@ def extract_answer(response: str, numeric: bool) -> str | None:
             return str(v.numerator) if v.denominator == 1 else str(float(v))
         lines = [ln.strip() for ln in response.splitlines() if ln.strip()]
         return lines[-1] if lines else None
-    m = _NUMBER.fullmatch(answer)
-    if m and _as_int(_value(m)) is not None:
-        return str(_as_int(_value(m)))
+    m = NUMBER.fullmatch(answer)
+    if m and as_int(number_value(m)) is not None:
+        return str(as_int(number_value(m)))
     return answer
 
 
 def reasoning_gym_verify(response: str, reference: str) -> tuple[float, bool]:
     """Score a response with the task's own `score_answer` (reference: a `task_rows` reference)."""
-    from train.verify import _NUMBER
+    from train.rollouts.numbers import NUMBER
 
     try:
         ref = json.loads(reference)
@@ -128,6 +128,6 @@ def reasoning_gym_verify(response: str, reference: str) -> tuple[float, bool]:
     entry = {"answer": ref["answer"], "metadata": ref.get("metadata", {})}
     ds = _dataset(task, json.dumps(config, sort_keys=True))
     entry = ds[index] if index < len(ds) and ds[index]["answer"] == ref["answer"] else entry
-    answer = extract_answer(response, numeric=_NUMBER.fullmatch(str(ref["answer"]).strip()) is not None)
+    answer = extract_answer(response, numeric=NUMBER.fullmatch(str(ref["answer"]).strip()) is not None)
     score = float(ds.score_answer(answer, entry)) if answer is not None else 0.0
     return score, score >= 1.0

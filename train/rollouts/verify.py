@@ -9,7 +9,7 @@ exactly which rule judged it and any row can be re-verified later.
                  not follow the toy answer format (e.g. SmolLM2 on word problems).
 - `math-verify`— LaTeX / `\\boxed{}` answers, compared symbolically by HF `math-verify`.
 - `reasoning-gym` — the final answer extracted and scored by the reasoning-gym task's own
-                 `score_answer` (reward in 0..1; see `train.reasoning_gym_tasks`).
+                 `score_answer` (reward in 0..1; see `train.rollouts.reasoning_gym_tasks`).
 
 Rewards are 1.0 for correct and 0.0 otherwise (reasoning-gym: the task's score, 0..1).
 """
@@ -19,51 +19,15 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from fractions import Fraction
 from typing import Callable
+
+from train.rollouts.numbers import NUMBER, SIGN, UNSIGNED, as_int, number_value, numbers
 
 Verifier = Callable[[str, str], "tuple[float, bool]"]
 
-# Numbers as people and models write them (issue 14, kind 4): any Unicode decimal digits
-# (ASCII, fullwidth, Arabic-Indic, Devanagari, ...); a sign that is a hyphen-minus, minus sign U+2212,
-# en/figure dash, hyphen, small/fullwidth hyphen-minus or heavy minus, and counts as a sign only where
-# no letter or digit touches it on the left ("7-5" is a subtraction, "x−3" is not minus three);
-# thousands groups of exactly 3 digits separated consistently by a comma, apostrophe (' or U+2019),
-# no-break, thin, narrow no-break or figure space, or the Arabic thousands separator U+066C; Indian
-# lakh grouping (12,34,567); dots as group separators only with two or more groups (1.234.567); a
-# decimal part after '.' or the Arabic decimal separator U+066B ("12.0" is 12, "3.5" is no integer).
-_MINUS = "-\u2212\u2013\u2012\u2010\u2011\ufe63\uff0d\u2796"
-_SIGN = f"(?P<sign>(?<![\\w.])[{_MINUS}+\uff0b])?"
-_SEP = ",'\u2019\u00a0\u2009\u202f\u2007\u066c"
-_UNSIGNED = (
-    f"(?P<int>\\d{{1,3}}(?P<sep>[{_SEP}])\\d{{3}}(?:(?P=sep)\\d{{3}})*(?!\\d)"  # 1,234,567  1 234  1'234
-    "|\\d{1,2}(?:,\\d{2})+,\\d{3}(?!\\d)"  # 12,34,567 (Indian grouping)
-    "|\\d{1,3}(?:\\.\\d{3}){2,}(?!\\.?\\d)"  # 1.234.567
-    "|\\d+)"
-    "(?:[.\u066b](?P<frac>\\d+))?"
-)
-_NUMBER = re.compile(_SIGN + _UNSIGNED)
-_ANSWER = re.compile(r"Answer\s*[:\uff1a]\s*\**\s*" + _SIGN + _UNSIGNED)
-
-
-def _value(m: re.Match) -> Fraction:
-    """The exact value of a `_NUMBER` match (separators dropped, any script's digits read)."""
-    digits = "".join(str(unicodedata.decimal(c)) for c in m.group("int") if c.isdecimal())
-    frac = "".join(str(unicodedata.decimal(c)) for c in (m.group("frac") or ""))
-    value = Fraction(int(digits + frac), 10 ** len(frac))
-    return -value if m.group("sign") and m.group("sign") not in "+\uff0b" else value
-
-
-def numbers(text: str) -> list[Fraction]:
-    """Every number written in `text`, in order, as exact values (see the forms above)."""
-    return [_value(m) for m in _NUMBER.finditer(text)]
-
-
-def _as_int(value: Fraction) -> int | None:
-    return value.numerator if value.denominator == 1 else None
+_ANSWER = re.compile(r"Answer\s*[:\uff1a]\s*\**\s*" + SIGN + UNSIGNED)
 
 
 def _result(ok: bool) -> tuple[float, bool]:
@@ -74,8 +38,8 @@ def reference_int(reference: str) -> int:
     """The integer a reference stands for: its `Answer: N` line, else the whole string as one
     integer (any of the written forms above). Raises ValueError naming the reference when there is
     none (bad data, not a miss)."""
-    m = _ANSWER.search(reference) or _NUMBER.fullmatch(reference.strip())
-    value = _as_int(_value(m)) if m else None
+    m = _ANSWER.search(reference) or NUMBER.fullmatch(reference.strip())
+    value = as_int(number_value(m)) if m else None
     if value is None:
         raise ValueError(f"reference {reference[:80]!r} has no 'Answer: N' line and is not an integer")
     return value
@@ -85,13 +49,13 @@ def toy_int(response: str, reference: str) -> tuple[float, bool]:
     """Exact integer match of the first `Answer: N` in the response (a response that states
     several answers gets its first one judged, so listing guesses never pays)."""
     m = _ANSWER.search(response)
-    return _result(m is not None and _as_int(_value(m)) == reference_int(reference))
+    return _result(m is not None and as_int(number_value(m)) == reference_int(reference))
 
 
 def last_int(response: str, reference: str) -> tuple[float, bool]:
     """The last number in the response is an integer equal to the reference integer."""
     found = numbers(response)
-    return _result(bool(found) and _as_int(found[-1]) == reference_int(reference))
+    return _result(bool(found) and as_int(found[-1]) == reference_int(reference))
 
 
 # math-verify: its own timeouts use SIGALRM, which only works on the main thread. Off the main
@@ -137,7 +101,7 @@ VERIFIERS: dict[str, Verifier] = {
 
 
 def _reasoning_gym(response: str, reference: str) -> tuple[float, bool]:
-    from train.reasoning_gym_tasks import reasoning_gym_verify  # optional extra, imported on use
+    from train.rollouts.reasoning_gym_tasks import reasoning_gym_verify  # optional extra, imported on use
 
     return reasoning_gym_verify(response, reference)
 

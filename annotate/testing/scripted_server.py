@@ -1,7 +1,7 @@
 """A real OpenAI-compatible HTTP server with scripted answers and injected faults, for tests and benchmarks.
 
 FastAPI + uvicorn on a 127.0.0.1 port-0 socket, in a background thread (`ScriptedServer`) or its
-own process (`python -m annotate.scripted_server`, prints ``READY <base_url>``). It serves
+own process (`python -m annotate.testing.scripted_server`, prints ``READY <base_url>``). It serves
 ``POST /v1/chat/completions`` and ``GET /v1/models``.
 
 - answers come from a `responder(body) -> content` function (default: `toy_oracle`, which annotates

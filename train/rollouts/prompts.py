@@ -1,7 +1,8 @@
-"""Prompt sources for rollout generation: local HF `datasets` folders, JSONL, Parquet, the toy world.
+"""Prompt sources for rollout generation: local HF `datasets` folders, JSONL, Parquet (read by
+`datastore.io.read_rows`), reasoning-gym tasks, the toy world.
 
 A source's columns are mapped onto these fields (`--map SRC=FIELD`; same-named columns map
-themselves):
+themselves; `SRC=` drops a column):
 
 | field       | type                        | meaning                                                  |
 |-------------|-----------------------------|----------------------------------------------------------|
@@ -17,61 +18,60 @@ column.
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from train.rollout import PromptRecord, stable_hash
-from train.rollout import prompt_id_of
+from datastore.ids import prompt_id_of, stable_hash
+from train.rollouts.generate import PromptRecord
 
 FIELDS = ("question", "messages", "prompt", "reference", "prompt_id")
 TEXT_FIELDS = ("question", "messages", "prompt")
 
 
-def parse_map(pairs: list[str] | None) -> dict[str, str]:
-    """`["problem=question", "answer=reference"]` → `{"problem": "question", "answer": "reference"}`."""
-    out: dict[str, str] = {}
-    for p in pairs or []:
-        src, sep, dst = p.partition("=")
-        if not sep or not src or not dst:
-            raise ValueError(f"bad --map {p!r}: expected SOURCE_COLUMN=FIELD")
-        if dst not in FIELDS:
-            raise ValueError(f"bad --map {p!r}: field {dst!r} is not one of {', '.join(FIELDS)}")
-        out[src] = dst
-    return out
+@dataclass(frozen=True)
+class PromptSource:
+    """Where prompts come from: exactly one of `path` (a `.jsonl`/`.parquet` file, a `datasets`
+    folder, or `reasoning-gym:TASK?...`) and `toy` (N generated toy problems). `mapping` is the
+    `--map SRC=FIELD` list; `limit` keeps the first N prompts."""
+
+    path: str | None = None
+    toy: int | None = None
+    toy_seed: int = 0
+    mapping: tuple[str, ...] = ()
+    split: str | None = None
+    system: str | None = None
+    limit: int | None = None
 
 
-def read_rows(src: str | Path, split: str | None = None) -> list[dict[str, Any]]:
-    """All rows of a local source as dicts: a `.jsonl` file, a `.parquet` file, or a folder saved
-    with HF `datasets` `save_to_disk` (a DatasetDict needs `split` unless it has one split)."""
-    path = Path(src)
-    if not path.exists():
-        raise FileNotFoundError(f"prompt source {src} does not exist")
-    if path.is_file() and path.suffix in (".jsonl", ".json"):
-        from datastore.io import iter_jsonl_objects
+def load_prompts(src: PromptSource, tokenizer) -> tuple[list[PromptRecord], dict[str, Any]]:
+    """Prompt records rendered with `tokenizer`'s chat template, and a description of their source
+    (for lineage). Files are read by the datastore's reader (`datastore.io.read_rows`) and `--map`
+    parsed by its parser, so `data import` and `rollouts generate` accept the same sources."""
+    from datastore.io import parse_mapping, read_rows
 
-        with open(path, encoding="utf-8") as f:
-            return [obj for _, obj, _ in iter_jsonl_objects(f, str(src))]
-    if path.is_file() and path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+    if (src.path is None) == (src.toy is None):
+        raise ValueError("give exactly one of --prompts SRC or --toy N")
+    if src.toy is not None:
+        from train.toy import make_problems, toy_prompt_records
 
-        return pq.read_table(path).to_pylist()
-    if path.is_dir():
-        import datasets
+        records = toy_prompt_records(make_problems(src.toy, seed=src.toy_seed), tokenizer)
+        source = {"toy": src.toy, "toy_seed": src.toy_seed}
+    elif src.path.startswith("reasoning-gym:"):
+        from train.rollouts.reasoning_gym_tasks import task_rows
 
-        ds = datasets.load_from_disk(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            if split is None:
-                if len(ds) != 1:
-                    raise ValueError(f"prompt source {src} has splits {sorted(ds)}: pass --split")
-                split = next(iter(ds))
-            if split not in ds:
-                raise ValueError(f"prompt source {src} has no split {split!r} (splits: {sorted(ds)})")
-            ds = ds[split]
-        return ds.to_list()
-    raise ValueError(f"prompt source {src}: expected a .jsonl or .parquet file or a `datasets` folder")
+        rows, source = task_rows(src.path)
+        records = to_records(rows, tokenizer, {}, source=src.path, system=src.system)
+        source = {**source, "system": src.system}
+    else:
+        m = parse_mapping(list(src.mapping), FIELDS)
+        records = to_records(read_rows(src.path, src.split), tokenizer, m, source=str(src.path), system=src.system)
+        source = {"path": str(src.path), "map": m, "split": src.split, "system": src.system}
+    if src.limit is not None:
+        records = records[: src.limit]
+    return records, source
 
 
-def to_records(rows: list[dict[str, Any]], tokenizer, mapping: dict[str, str], source: str,
+def to_records(rows: list[dict[str, Any]], tokenizer, mapping: dict[str, str | None], source: str,
                system: str | None = None) -> list[PromptRecord]:
     """Map rows onto the prompt fields and render each prompt with the tokenizer's chat template
     (`system`, if given, becomes a system turn before a `question`)."""
