@@ -72,19 +72,31 @@ def toy_policy(cache_dir: str | Path | None = None, recipe: ToyPolicyRecipe = To
     against concurrent builders (file lock + atomic rename). Its `toy_policy.json` records the
     recipe, the build time and the capabilities measured on `measure_problems` held-out problems
     (`train.toy.measure`; 0 skips the measurement)."""
-    import fcntl
     import shutil
     import tempfile
 
-    from datastore.cache import cache_root
+    from datastore.cache import build_once, cache_root
 
     shipped = SHIPPED_WEIGHTS / f"toy-policy-{recipe.key()}"
     if cache_dir is None and (shipped / "toy_policy.json").exists():
         return shipped  # built by this very function and committed: a fresh clone skips the build
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     final = root / f"toy-policy-{recipe.key()}"
-    if (final / "toy_policy.json").exists():
-        return final
+
+    def build_into_final() -> None:  # into a temporary folder, renamed once toy_policy.json is written
+        tmp = Path(tempfile.mkdtemp(prefix=".toy-policy-build-", dir=root))
+        try:
+            build(tmp, recipe, progress, measure_problems)
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    root.mkdir(parents=True, exist_ok=True)
+    build_once(lambda: (final / "toy_policy.json").exists(), root / f".toy-policy-{recipe.key()}.lock", build_into_final)
+    return final
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f".toy-policy-{recipe.key()}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second builder waits, then finds the folder
