@@ -147,13 +147,25 @@ def test_shipped_policy_records_its_figures(shipped):
 
 # Targets of issue #12 the shipped policy does not reach yet (see toy_policy.json): strict, so a
 # better policy turns them into failures until the marks are removed.
-@pytest.mark.xfail(strict=True, reason="reference-template greedy 0.74 measured on 150 problems (target ≥ 0.95)")
+@pytest.mark.xfail(strict=True, reason="reference-template greedy 0.875 measured on 200 problems (target ≥ 0.95)")
 def test_shipped_policy_uses_the_reference_solution(shipped):
     _, m = shipped
     assert m["reference_greedy"] >= 0.95, m
 
 
-@pytest.mark.xfail(strict=True, reason="agrees with the rule annotator on 60% of 120 rows (target ≥ 90%)")
+@pytest.mark.xfail(strict=True, reason="agrees with the rule annotator on 60% of 120 rows (target ≥ 90%): it places the error span on the wrong step")
 def test_shipped_policy_annotates_like_the_rule_annotator(shipped):
     _, m = shipped
     assert m["self_annotation"]["agree_f1_0.8"] >= 0.9, m
+
+
+def test_habit_answer_repeats_the_line_above_the_last_step_and_the_rule_marks_it():
+    from train.toy.rule import rule_annotate
+    from train.toy.sft import habit_answer
+
+    ref = "17 + 25 = 42\n42 * 3 = 126\nAnswer: 126"
+    got = habit_answer(ref)
+    assert got == "17 + 25 = 42\n42 * 3 = 126\nAnswer: 42"
+    spans, _ = rule_annotate(got, ref, False)
+    assert [got[s.start:s.end] for s in spans] == ["42"] and spans[0].start == got.rindex("42")
+    assert habit_answer("5 + 1 = 6\nAnswer: 6") == "5 + 1 = 6\nAnswer: 6"  # one step: nothing above it
