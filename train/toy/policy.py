@@ -97,21 +97,6 @@ def toy_policy(cache_dir: str | Path | None = None, recipe: ToyPolicyRecipe = To
     root.mkdir(parents=True, exist_ok=True)
     build_once(lambda: (final / "toy_policy.json").exists(), root / f".toy-policy-{recipe.key()}.lock", build_into_final)
     return final
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".toy-policy-{recipe.key()}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a second builder waits, then finds the folder
-        if (final / "toy_policy.json").exists():
-            return final
-        tmp = Path(tempfile.mkdtemp(prefix=".toy-policy-build-", dir=root))
-        try:
-            build(tmp, recipe, progress, measure_problems)
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def sft_batches(tokenizer, recipe: ToyPolicyRecipe, exclude: set[str], cycle: int = 0):
