@@ -188,7 +188,7 @@ def demo(
 ) -> None:
     """Run the whole flow on the embedded toy world and compare arms over paired seeds.
 
-    Loads the toy policy (its first build trains it for a few CPU minutes and is cached), then per
+    Loads the toy policy (shipped in train/weights/; a changed recipe is built once and cached), then per
     seed evaluates it on held-out problems and runs each arm from the same start with the same
     budget: online rounds (generate -> annotate -> skills -> store -> shards -> train), then the same
     held-out evaluation. Prints each arm's mean sampled accuracy with a 95% Student t interval over

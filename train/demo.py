@@ -128,7 +128,7 @@ def _policy(out: Path, dc: DemoConfig, policy: str | None, log: Callable[[str], 
         return str(d), time.perf_counter() - t
     from train.toy import toy_policy
 
-    log("toy policy: loading from cache (the first build trains it for a few CPU minutes)…")
+    log("toy policy: the shipped one (a changed recipe is built once and cached: tens of CPU minutes)…")
     return str(toy_policy()), time.perf_counter() - t
 
 

