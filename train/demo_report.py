@@ -112,10 +112,12 @@ def plot(out: Path, summary: dict) -> Path | None:
     ax = axes[-1]
     names = ["baseline", *summary["methods"]]
     xs = [summary["baseline"], *summary["methods"].values()]
-    for i, x in enumerate(xs):
+    colors = ["black", *(f"C{k}" for k in range(len(xs) - 1))]  # each arm in its curves' colour
+    for i, (x, color) in enumerate(zip(xs, colors)):
         lo, hi = x["ci95"]
         err = [[x["accuracy"] - lo], [hi - x["accuracy"]]] if lo is not None else None
-        ax.errorbar([i], [x["accuracy"]], yerr=err, fmt="o", capsize=4)
+        ax.errorbar([i], [x["accuracy"]], yerr=err, fmt="o", capsize=4, color=color)
+    ax.axhline(summary["baseline"]["accuracy"], color="black", linewidth=0.6, linestyle=":")
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("held-out sampled accuracy (fraction)")
     ax.set_title("mean over seeds, 95% t interval", fontsize=8)
