@@ -175,12 +175,10 @@ def clip_terms(terms_NV: Tensor, term_clip: float | None) -> Tensor:
     gradient. None: no clip."""
     if term_clip is None:
         return terms_NV
-    mag = terms_NV.detach().abs()
-    over = mag > term_clip
-    finite = torch.isfinite(terms_NV.detach())
-    scale = torch.where(over & finite, term_clip / torch.where(over & finite, mag, 1.0), 1.0)
-    capped = torch.sign(terms_NV.detach()) * term_clip + scale * torch.where(finite, terms_NV - terms_NV.detach(), 0.0)
-    return torch.where(over, capped, terms_NV)
+    value = terms_NV.detach()
+    scale = term_clip / value.abs().clamp(min=term_clip)  # 1 under the cap, c/|term| over it, 0 at ±inf
+    grad_part = torch.where(torch.isfinite(value), terms_NV - value, 0.0)  # zero-valued, carries the gradient
+    return torch.where(value.abs() > term_clip, torch.sign(value) * term_clip + scale * grad_part, terms_NV)
 
 
 def _clip_sum(terms_NV: Tensor, term_clip: float | None) -> Tensor:
