@@ -3,10 +3,10 @@
 Same requests, cache and evidence as the HTTP path: each rendered request is hashed the same way
 (its ``model`` is the checkpoint), looked up in the same SQLite cache, and only misses are
 generated, greedily, in batches. The chat messages are rendered with the checkpoint's chat
-template. No schema-constrained decoding on this backend: a policy answers the schema only if it
-was trained to (the toy policy is SFT'd on these very prompts, `train.toy.sft`); other answers are
-kept raw in rows with ``parse_status=failed``. For constrained JSON from any checkpoint, serve it
-with vLLM (`json_schema` response formats) and use --base-url.
+template. A request's ``response_format`` is honoured as an OpenAI-compatible server would:
+``json_schema`` decodes only JSON its schema allows, ``json_object`` only a JSON object
+(llguidance masks, `train.rollouts.grammar`), on generators that support it (`HFGenerator`); the
+answer is still parsed and validated like any other, so a quote not in the response is still caught.
 """
 
 from __future__ import annotations
@@ -17,6 +17,17 @@ from pathlib import Path
 
 from annotate.engine import Summary, request_key
 from annotate.journal import CallRecord, Journal, canonical
+
+
+def response_schema(body: dict) -> dict | None:
+    """The JSON schema a request's OpenAI ``response_format`` asks for: the schema of
+    ``json_schema``, any object for ``json_object``, None when the body has none."""
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        return fmt["json_schema"]["schema"]
+    if fmt.get("type") == "json_object":
+        return {"type": "object"}
+    return None
 
 
 @dataclass
@@ -49,9 +60,12 @@ class GeneratorRunner:
                 part = todo[i : i + self.batch_size]
                 journal.mark_inflight([(k, canonical(keyed[k])) for k in part])
                 max_new = max(int(keyed[k].get("max_tokens") or 256) for k in part)
+                extra = {}
+                if getattr(self.generator, "supports_json_schema", False):
+                    extra["json_schemas"] = [response_schema(keyed[k]) for k in part]
                 outs = self.generator.generate(
                     [self.render(keyed[k]["messages"]) for k in part], n=1,
-                    sampling=Sampling(temperature=0.0, max_new_tokens=max_new), seeds=[0] * len(part))
+                    sampling=Sampling(temperature=0.0, max_new_tokens=max_new), seeds=[0] * len(part), **extra)
                 for k, samples in zip(part, outs, strict=True):
                     s = samples[0]
                     rec = CallRecord(k, "done", s.text, canonical({"text": s.text, "finish_reason": s.finish_reason,

@@ -46,15 +46,18 @@ class _SampleAndRecord:
     their batch), records log_softmax(raw logits)[token], and returns scores whose argmax is the
     chosen token."""
 
-    def __init__(self, sampling: Sampling, generators: list):
+    def __init__(self, sampling: Sampling, generators: list, constraint=None):
         self.sampling = sampling
         self.generators = generators
+        self.constraint = constraint  # train.rollouts.grammar.JsonConstraint or None
         self.logprobs_steps: list = []  # T tensors of [B]
 
     def __call__(self, input_ids, scores_BV):
         import torch
 
-        logp_BV = torch.log_softmax(scores_BV.float(), dim=-1)
+        logp_BV = torch.log_softmax(scores_BV.float(), dim=-1)  # raw: recorded whatever the mask
+        if self.constraint is not None:
+            scores_BV = self.constraint.mask(scores_BV)
         if self.sampling.temperature == 0:
             chosen_B = scores_BV.argmax(-1)
         else:
@@ -63,6 +66,8 @@ class _SampleAndRecord:
             u_BV = torch.stack([torch.rand(V, generator=g, device=g.device) for g in self.generators]).to(scores_BV.device)
             gumbel_BV = -torch.log(-torch.log(u_BV.clamp(1e-20, 1.0 - 1e-7)))
             chosen_B = (z_BV + gumbel_BV).argmax(-1)
+        if self.constraint is not None:
+            self.constraint.advance(chosen_B)
         self.logprobs_steps.append(logp_BV.gather(1, chosen_B[:, None]).squeeze(1))
         out_BV = torch.full_like(scores_BV, float("-inf"))
         return out_BV.scatter_(1, chosen_B[:, None], 0.0)
@@ -75,6 +80,7 @@ class HFGenerator:
     cut padding. Records follow the module conventions (raw log-probs, per-rollout seeds)."""
 
     backend = "hf"
+    supports_json_schema = True  # generate(..., json_schemas=...): see train.rollouts.grammar
 
     def __init__(self, model, tokenizer, *, model_name: str, batch_size: int = 64):
         self.model = model.eval()
@@ -106,19 +112,25 @@ class HFGenerator:
     def device(self):
         return next(self.model.parameters()).device
 
-    def generate(self, prompts, *, n, sampling, seeds):
+    def generate(self, prompts, *, n, sampling, seeds, json_schemas=None):
+        """`Generator.generate`, plus `json_schemas`: one JSON schema (dict or text) or None per
+        prompt; a prompt's samples then decode only text its schema allows (llguidance, see
+        `train.rollouts.grammar`; ValueError for a schema it cannot compile)."""
         rows = [(i, j) for i in range(len(prompts)) for j in range(n)]
         enc = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         rows.sort(key=lambda r: (len(enc[r[0]]), r))  # similar lengths together: less padding
         out: list[list[Sample | None]] = [[None] * n for _ in prompts]
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start : start + self.batch_size]
-            samples = self._generate_batch([enc[i] for i, _ in batch], [_row_seed(seeds[i], j) for i, j in batch], sampling)
+            schemas = None if json_schemas is None else [json_schemas[i] for i, _ in batch]
+            samples = self._generate_batch([enc[i] for i, _ in batch], [_row_seed(seeds[i], j) for i, j in batch],
+                                           sampling, schemas)
             for (i, j), s in zip(batch, samples):
                 out[i][j] = s
         return out  # type: ignore[return-value]
 
-    def _generate_batch(self, prompt_ids: list[list[int]], row_seeds: list[int], sampling: Sampling) -> list[Sample]:
+    def _generate_batch(self, prompt_ids: list[list[int]], row_seeds: list[int], sampling: Sampling,
+                        schemas: list | None = None) -> list[Sample]:
         import torch
         from transformers import GenerationConfig, LogitsProcessorList
 
@@ -128,7 +140,12 @@ class HFGenerator:
         attn = torch.tensor([[0] * (P - len(x)) + [1] * len(x) for x in prompt_ids], device=dev)
         gen_dev = dev if dev.type == "cuda" else torch.device("cpu")
         generators = [torch.Generator(device=gen_dev).manual_seed(s) for s in row_seeds]
-        proc = _SampleAndRecord(sampling, generators)
+        constraint = None
+        if schemas is not None and any(s is not None for s in schemas):
+            from train.rollouts.grammar import JsonConstraint
+
+            constraint = JsonConstraint(self.tokenizer, schemas, self.model.config.vocab_size, self.eos_ids)
+        proc = _SampleAndRecord(sampling, generators, constraint)
         cfg = GenerationConfig(
             do_sample=False,
             max_new_tokens=sampling.max_new_tokens,

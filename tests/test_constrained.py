@@ -1,0 +1,72 @@
+"""Schema-constrained decoding on the transformers backend (llguidance masks, train/rollouts/grammar.py)."""
+
+import json
+
+import pytest
+
+from annotate.local import response_schema
+from annotate.templates import load
+from train.rollouts.generate import Sampling
+from train.rollouts.grammar import schema_grammar
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"segment": {"type": "integer", "minimum": 1, "maximum": 3},
+                   "verdict": {"type": "string", "enum": ["key", "error"]}},
+    "required": ["segment", "verdict"],
+    "additionalProperties": False,
+}
+
+
+def _valid(text: str) -> bool:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return (isinstance(obj, dict) and set(obj) == {"segment", "verdict"} and isinstance(obj["segment"], int)
+            and 1 <= obj["segment"] <= 3 and obj["verdict"] in ("key", "error"))
+
+
+@pytest.fixture(scope="module")
+def generator():
+    from train.rollouts.hf_generator import HFGenerator
+    from train.toy import build_tokenizer, tiny_model
+
+    tok = build_tokenizer()
+    return HFGenerator(tiny_model(tok, seed=3), tok, model_name="random", batch_size=8)
+
+
+def test_a_random_model_answers_only_what_the_schema_allows(generator):
+    prompts = [f"question {i}" for i in range(6)]
+    sampling = Sampling(temperature=1.0, max_new_tokens=40)
+    free = generator.generate(prompts, n=2, sampling=sampling, seeds=list(range(6)))
+    assert not any(_valid(s.text) for row in free for s in row)  # random weights write no such JSON on their own
+    held = generator.generate(prompts, n=2, sampling=sampling, seeds=list(range(6)), json_schemas=[SCHEMA] * 6)
+    for row in held:
+        for s in row:
+            assert _valid(s.text), s.text
+            assert s.finish_reason == "stop" and s.text == json.dumps(json.loads(s.text))  # json.dumps layout
+            assert len(s.logprobs) == len(s.token_ids) and all(lp <= 0.0 for lp in s.logprobs)
+
+
+def test_rows_without_a_schema_decode_as_if_none_had_one(generator):
+    prompts = [f"question {i}" for i in range(4)]
+    sampling = Sampling(temperature=1.0, max_new_tokens=24)
+    free = generator.generate(prompts, n=1, sampling=sampling, seeds=[7] * 4)
+    mixed = generator.generate(prompts, n=1, sampling=sampling, seeds=[7] * 4, json_schemas=[SCHEMA, None, SCHEMA, None])
+    assert [mixed[i][0].token_ids for i in (1, 3)] == [free[i][0].token_ids for i in (1, 3)]
+    assert _valid(mixed[0][0].text) and _valid(mixed[2][0].text)
+
+
+def test_the_request_body_names_the_schema_as_an_openai_server_reads_it():
+    tpl = load("error_spans")
+    assert response_schema({"response_format": tpl.response_format()}) == tpl.schema
+    assert response_schema({"response_format": {"type": "json_object"}}) == {"type": "object"}
+    assert response_schema({"messages": []}) is None
+    schema_grammar(tpl.schema)  # the annotator's own schemas compile
+
+
+def test_a_schema_llguidance_cannot_use_is_a_one_line_error():
+    with pytest.raises(ValueError, match="constrained decoding"):
+        schema_grammar({"type": "object", "properties": {"n": {"type": "integer", "minimum": 5, "maximum": 1}},
+                        "required": ["n"]})
