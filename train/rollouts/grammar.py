@@ -3,8 +3,8 @@ vLLM and llama.cpp also use; a Rust wheel with no dependencies, CPU only).
 
 `JsonConstraint` keeps one `llguidance.LLMatcher` per generated row: before each token it masks the
 logits to the tokens the row's JSON schema still allows, after it feeds the chosen token to the
-matcher. A row without a schema (None) is left free. Once a row's matcher has stopped (it consumed
-EOS) or failed, the row is left free too: HF `generate` pads finished rows itself.
+matcher. A row without a schema (None) is left free. A row whose JSON is complete (or whose matcher
+failed) may only end; once it has ended (EOS) it is left free, since HF `generate` pads it itself.
 """
 
 from __future__ import annotations
