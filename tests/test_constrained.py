@@ -11,9 +11,10 @@ from train.rollouts.grammar import schema_grammar
 
 SCHEMA = {
     "type": "object",
-    "properties": {"segment": {"type": "integer", "minimum": 1, "maximum": 3},
-                   "verdict": {"type": "string", "enum": ["key", "error"]}},
-    "required": ["segment", "verdict"],
+    # not in alphabetical order: the answer must keep the schema's order (the toy policy was SFT'd on it)
+    "properties": {"verdict": {"type": "string", "enum": ["key", "error"]},
+                   "segment": {"type": "integer", "minimum": 1, "maximum": 3}},
+    "required": ["verdict", "segment"],
     "additionalProperties": False,
 }
 
@@ -45,6 +46,7 @@ def test_a_random_model_answers_only_what_the_schema_allows(generator):
     for row in held:
         for s in row:
             assert _valid(s.text), s.text
+            assert list(json.loads(s.text)) == list(SCHEMA["properties"]), s.text
             assert s.finish_reason == "stop" and s.text == json.dumps(json.loads(s.text))  # json.dumps layout
             assert len(s.logprobs) == len(s.token_ids) and all(lp <= 0.0 for lp in s.logprobs)
 

@@ -54,8 +54,10 @@ class JsonConstraint:
 
         ll_tok = _ll_tokenizer(tokenizer, vocab, tuple(eos_ids))
         self.eos_ids = list(eos_ids)
-        self.matchers = [None if s is None else llguidance.LLMatcher(ll_tok, schema_grammar(s), log_level=0)
-                         for s in schemas]
+        texts = [None if s is None else s if isinstance(s, str) else json.dumps(s) for s in schemas]
+        # once per distinct schema, not per row; no sort_keys: property order is the order the JSON is written in
+        grammars = {t: schema_grammar(t) for t in set(texts) - {None}}
+        self.matchers = [None if t is None else llguidance.LLMatcher(ll_tok, grammars[t], log_level=0) for t in texts]
         self.ended = [s is None for s in schemas]
 
     def _allowed(self, b: int, V: int):
