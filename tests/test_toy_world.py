@@ -117,14 +117,13 @@ def shipped():
     """The shipped default policy measured on 40 held-out problems × 2 samples, 30 annotated rows."""
     from train.toy import toy_policy
     from train.toy.measure import measure_policy
-    from train.toy.policy import SHIPPED_WEIGHTS, ToyPolicyRecipe
+    from train.toy.policy import ToyPolicyRecipe, shipped_policy
     from train.toy.problems import TOY_CHECK_SEED
 
     # checked before toy_policy(), which would otherwise spend tens of CPU minutes building it
-    key = ToyPolicyRecipe().key()
-    assert (SHIPPED_WEIGHTS / f"toy-policy-{key}" / "toy_policy.json").exists(), (
-        f"the default recipe ({key}) has no shipped weights in train/weights/: build and commit them "
-        "(python -m train.toy build) or restore the recipe")
+    assert shipped_policy() is not None, (
+        f"the default recipe ({ToyPolicyRecipe().key()}) has no shipped weights in train/weights/: build "
+        "and commit them (python -m train.toy build) or restore the recipe")
     path = toy_policy()
     m = measure_policy(path, n_problems=40, samples=2, n_annotate=30, seed=TOY_CHECK_SEED, progress=False)
     return path, m

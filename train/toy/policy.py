@@ -64,6 +64,12 @@ SHORT = {"plain": "plain", "reference": "ref", "reference+error": "ref+err", "er
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 
 
+def shipped_policy(recipe: ToyPolicyRecipe = ToyPolicyRecipe()) -> Path | None:
+    """The committed folder of `recipe`'s policy in `train/weights/`, or None if it ships none."""
+    folder = SHIPPED_WEIGHTS / f"toy-policy-{recipe.key()}"
+    return folder if (folder / "toy_policy.json").exists() else None
+
+
 def toy_policy(cache_dir: str | Path | None = None, recipe: ToyPolicyRecipe = ToyPolicyRecipe(),
                progress: bool = True, measure_problems: int = 200) -> Path:
     """The SFT'd toy policy folder (model + tokenizer, `save_pretrained` format), building it on
@@ -77,8 +83,8 @@ def toy_policy(cache_dir: str | Path | None = None, recipe: ToyPolicyRecipe = To
 
     from datastore.cache import build_once, cache_root
 
-    shipped = SHIPPED_WEIGHTS / f"toy-policy-{recipe.key()}"
-    if cache_dir is None and (shipped / "toy_policy.json").exists():
+    shipped = shipped_policy(recipe)
+    if cache_dir is None and shipped is not None:
         return shipped  # built by this very function and committed: a fresh clone skips the build
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     final = root / f"toy-policy-{recipe.key()}"
