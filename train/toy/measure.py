@@ -35,6 +35,16 @@ def _mean(xs) -> float | None:
     return round(sum(xs) / len(xs), 4) if xs else None
 
 
+def reference_accuracy(gen, problems) -> float:
+    """Greedy accuracy under the trainer's `reference` teacher prompt (`teacher_prompt_text`)."""
+    from train.teacher import teacher_prompt_text
+    from train.toy.problems import toy_messages
+
+    prompts = [teacher_prompt_text(gen.tokenizer, {"messages": toy_messages(p.question), "reference": p.reference},
+                                   "reference") for p in problems]
+    return _mean(_greedy_correct(gen, prompts, [p.reference for p in problems]))
+
+
 def hint_accuracy(gen, rows: list[dict]) -> dict:
     """Greedy accuracy on failed rollouts' problems: plain vs each hint template (rule hints)."""
     from train.teacher import teacher_prompt_text
@@ -90,8 +100,7 @@ def measure_policy(path: str | Path, n_problems: int = 200, samples: int = 4, n_
     (a seed the build excludes). Fractions in [0, 1]; takes ~a minute or two on 2 cores."""
     from train.rollouts.generate import Sampling, generate_rollouts
     from train.rollouts.hf_generator import HFGenerator
-    from train.teacher import teacher_prompt_text
-    from train.toy.problems import make_problems, toy_messages, toy_prompt_records
+    from train.toy.problems import make_problems, toy_prompt_records
 
     t0 = time.time()
     say = (lambda m: print(f"toy policy: {m} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)) if progress else (lambda m: None)
@@ -107,9 +116,7 @@ def measure_policy(path: str | Path, n_problems: int = 200, samples: int = 4, n_
     say(f"plain sampled accuracy {out['plain_sampled']}")
     refs = [p.reference for p in problems]
     out["plain_greedy"] = _mean(_greedy_correct(gen, [r.prompt for r in toy_prompt_records(problems, gen.tokenizer)], refs))
-    ref_prompts = [teacher_prompt_text(gen.tokenizer, {"messages": toy_messages(p.question), "reference": p.reference},
-                                       "reference") for p in problems]
-    out["reference_greedy"] = _mean(_greedy_correct(gen, ref_prompts, refs))
+    out["reference_greedy"] = reference_accuracy(gen, problems)
     say(f"plain greedy {out['plain_greedy']}, reference-template greedy {out['reference_greedy']}")
     out["hints_on_failed_rollouts_greedy"] = hint_accuracy(gen, rows)
     say(f"hints on failed rollouts (greedy): {out['hints_on_failed_rollouts_greedy']}")

@@ -30,7 +30,8 @@ class ToyPolicyRecipe:
     (tasks drawn by example `weights`, `batch_size` rows, `long_batch_size` for the ~250-token
     annotator prompts) so padding stays small. `noise`: slipped plain targets; `hint_noise`:
     slipped targets under error-type / skill hints; `partial`: reference hints cut short;
-    `answer_habit`: plain targets whose Answer line repeats the line above the last step."""
+    `answer_habit`: plain targets whose Answer line repeats the line above the last step. Task
+    names are `train.toy.sft.TASKS` (`reference_verbatim`: copy a random block word for word)."""
 
     layers: int = 4
     hidden: int = 128
@@ -58,7 +59,8 @@ class ToyPolicyRecipe:
 
 LONG_TASKS = ("key_spans", "error_spans")
 SHORT = {"plain": "plain", "reference": "ref", "reference+error": "ref+err", "error_type": "etype", "skill": "skill",
-         "key_spans": "key", "error_spans": "err"}  # task names on the progress bar
+         "key_spans": "key", "error_spans": "err",
+         "reference_verbatim": "verb"}  # task names on the progress bar
 # The default recipe's output ships with the package (our own weights, ~4 MB), so a fresh machine
 # does not pay the build; other recipes build into the cache.
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"

@@ -13,6 +13,11 @@ One example = (prompt text, completion text); the loss is on the completion (+ E
   `error_type`, `skill`) → the reference (a slip only with probability ``hint_noise``). Hints are
   noisy or partial the way real ones are: a reference cut after a few steps, an error type drawn
   from the failures' mix rather than this problem's, skills summarised from synthetic groups;
+- ``reference_verbatim``: the `reference` teacher prompt whose block is toy-format lines
+  with random numbers (`verbatim_solution`) → that block, word for word. Where copying and
+  recomputing disagree, only copying is right, so the policy learns to copy the block rather than
+  redo (and slip on) its arithmetic: the `reference` template's greedy accuracy went from 0.875 (v4) to
+  0.960 (v5) with it (issue #12);
 - ``key_spans`` / ``error_spans``: the annotator's prompts, rendered exactly as `annotate self`
   renders them (`ApiAnnotator.body_for` fields, the checkpoint's chat template), for a synthetic
   rollout (`toy_response`) → the rule annotator's verdict serialised as the strict answer schema
@@ -27,7 +32,9 @@ from collections.abc import Iterator
 
 from train.toy.problems import Problem, _apply, make_problems, noisy_reference, parse_steps, render_prompt, render_solution, toy_messages
 
-TASKS = ("plain", "reference", "reference+error", "error_type", "skill", "key_spans", "error_spans")
+TASKS = ("plain", "reference", "reference+error", "error_type", "skill", "key_spans", "error_spans", "reference_verbatim")
+# The tasks whose texts the toy tokenizer (version 2) was trained on; new tasks reuse its vocabulary.
+TOKENIZER_TASKS = TASKS[:7]
 # The mix of error types the hints name (the toy policy's own failures are mostly slips).
 HINT_ERROR_TYPES = (("arithmetic", 6), ("wrong_operation", 2), ("incomplete", 1), ("logic", 1), ("other", 1))
 # One-word reasons: the spans are what counts, and every generated token costs.
@@ -107,6 +114,17 @@ def annotator_prompt(chat, p: Problem, response: str, correct: bool) -> str:
     return chat.apply_chat_template(body["messages"], tokenize=False, add_generation_prompt=True)
 
 
+def verbatim_solution(rng: random.Random) -> str:
+    """Toy-format lines with random numbers (the arithmetic is false, nothing chains): 2 or 3 steps
+    `a op b = c`, then `Answer: n`; only a word-for-word copy reproduces them."""
+    lines = []
+    for _ in range(rng.choice((2, 3))):
+        op = rng.choice("+-*")
+        a, b = rng.randint(1, 999), rng.randint(2, 9) if op == "*" else rng.randint(1, 99)
+        lines.append(f"{a} {op} {b} = {rng.randint(0, 999)}")
+    return "\n".join(lines + [f"Answer: {rng.randint(0, 999)}"])
+
+
 def _skill(p: Problem, rng: random.Random) -> str:
     from train.toy.skills import rule_skill
     from train.rollouts.verify import toy_int
@@ -143,6 +161,9 @@ def example(task: str, p: Problem, rng: random.Random, chat, noise: float, hint_
             return None
         ans = rule_answer(resp, p.reference, correct)
         return None if ans is None else (annotator_prompt(chat, p, resp, correct), json.dumps(ans))
+    if task == "reference_verbatim":
+        block = verbatim_solution(rng)
+        return teacher_prompt_text(chat, {"messages": toy_messages(p.question), "reference": block}, "reference"), block
     row = {"messages": toy_messages(p.question), "reference": p.reference,
            "error_type": _weighted(rng, HINT_ERROR_TYPES), "skill": None}
     if task == "reference" and rng.random() < partial:

@@ -122,8 +122,8 @@ def build_tokenizer(out_dir: str | Path | None = None, vocab_size: int = 1024):
 
 def corpus(chat, n: int = 3000) -> list[str]:
     """What the tokenizer is trained on: prompts + completions of every task, deterministic."""
-    from train.toy.sft import TASKS, examples
+    from train.toy.sft import TOKENIZER_TASKS, examples
 
-    weights = {t: 1.0 for t in TASKS}
+    weights = {t: 1.0 for t in TOKENIZER_TASKS}
     it = examples(chat, weights, seed=10_000, noise=0.3, hint_noise=0.1, partial=0.2)
     return [f"{prompt}{completion}{IM_END}\n" for _, prompt, completion in (next(it) for _ in range(n))]
