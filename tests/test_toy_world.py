@@ -149,15 +149,21 @@ def test_shipped_policy_records_its_figures(shipped):
         assert k in info["measured"]
 
 
-# Targets of issue #12 the shipped policy does not reach yet (see toy_policy.json): strict, so a
-# better policy turns them into failures until the marks are removed.
-@pytest.mark.xfail(strict=True, reason="reference-template greedy 0.875 measured on 200 problems (target ≥ 0.95)")
 def test_shipped_policy_uses_the_reference_solution(shipped):
-    _, m = shipped
-    assert m["reference_greedy"] >= 0.95, m
+    # Greedy, so deterministic; on all 200 check problems (a few seconds), since 40 cannot tell
+    # 0.95 from 0.925.
+    from train.rollouts.hf_generator import HFGenerator
+    from train.toy.measure import reference_accuracy
+    from train.toy.problems import TOY_CHECK_SEED, make_problems
+
+    path, _ = shipped
+    gen = HFGenerator.from_pretrained(str(path), model_name="toy-check", batch_size=128)
+    assert reference_accuracy(gen, make_problems(200, TOY_CHECK_SEED)) >= 0.95
 
 
-@pytest.mark.xfail(strict=True, reason="agrees with the rule annotator on 60% of 120 rows (target ≥ 90%): it places the error span on the wrong step")
+# A target of issue #12 the shipped policy does not reach yet (see toy_policy.json): strict, so a
+# better policy turns it into a failure until the mark is removed.
+@pytest.mark.xfail(strict=True, reason="agrees with the rule annotator on 50% of 120 rows (target ≥ 90%): it places the error span on the wrong step")
 def test_shipped_policy_annotates_like_the_rule_annotator(shipped):
     _, m = shipped
     assert m["self_annotation"]["agree_f1_0.8"] >= 0.9, m
