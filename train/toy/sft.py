@@ -32,9 +32,9 @@ from collections.abc import Iterator
 
 from train.toy.problems import Problem, _apply, make_problems, noisy_reference, parse_steps, render_prompt, render_solution, toy_messages
 
-TASKS = ("plain", "reference", "reference+error", "error_type", "skill", "key_spans", "error_spans", "reference_verbatim")
-# The tasks whose texts the toy tokenizer (version 2) was trained on; new tasks reuse its vocabulary.
-TOKENIZER_TASKS = TASKS[:7]
+# The tasks whose texts the toy tokenizer (version 2) was trained on; later tasks reuse its vocabulary.
+TOKENIZER_TASKS = ("plain", "reference", "reference+error", "error_type", "skill", "key_spans", "error_spans")
+TASKS = TOKENIZER_TASKS + ("reference_verbatim",)  # appended: an old recipe's task draws stay the same
 # The mix of error types the hints name (the toy policy's own failures are mostly slips).
 HINT_ERROR_TYPES = (("arithmetic", 6), ("wrong_operation", 2), ("incomplete", 1), ("logic", 1), ("other", 1))
 # One-word reasons: the spans are what counts, and every generated token costs.

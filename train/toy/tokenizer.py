@@ -121,7 +121,7 @@ def build_tokenizer(out_dir: str | Path | None = None, vocab_size: int = 1024):
 
 
 def corpus(chat, n: int = 3000) -> list[str]:
-    """What the tokenizer is trained on: prompts + completions of every task, deterministic."""
+    """What the tokenizer is trained on: prompts + completions of every `TOKENIZER_TASKS` task, deterministic."""
     from train.toy.sft import TOKENIZER_TASKS, examples
 
     weights = {t: 1.0 for t in TOKENIZER_TASKS}
