@@ -4,7 +4,8 @@
 2. privileged context through the trainer's own teacher prompts (`teacher_prompt_text`): greedy
    accuracy with `reference` on every problem; with `error_type`, `skill` and `reference+error` on
    the problems of the failed sampled rollouts, whose hints come from the rule annotator / rule
-   skills exactly as the pipeline derives them, against plain greedy on the same rollouts;
+   skills exactly as the pipeline derives them, against plain on the same rollouts, greedy and
+   sampled (T = 1, with a paired interval per hint);
 3. self-annotation: the annotator prompts through `ApiAnnotator` + the in-process `GeneratorRunner`
    (what `spanroute annotate self --checkpoint` runs), against `annotate rule` on the same rollouts:
    the share of rows with spans, and of rows whose spans agree at character F1 ≥ 0.8.
@@ -45,8 +46,17 @@ def reference_accuracy(gen, problems) -> float:
     return _mean(_greedy_correct(gen, prompts, [p.reference for p in problems]))
 
 
-def hint_accuracy(gen, rows: list[dict]) -> dict:
-    """Greedy accuracy on failed rollouts' problems: plain vs each hint template (rule hints)."""
+def hint_accuracy(gen, rows: list[dict], samples: int = 4) -> tuple[dict, dict]:
+    """On failed rollouts' problems, plain vs each hint template (rule hints): (greedy, sampled).
+
+    greedy: accuracy of one greedy answer per failed rollout. sampled: accuracy of `samples`
+    answers at T = 1 per failed rollout (the teacher's distribution, which is what distillation
+    reads), and for each hint `<template>_minus_plain` = [mean, lo, hi], the paired 95% Student t
+    interval of (hint − plain) accuracy over problems (a problem's failed rollouts share its plain
+    prompt, so the problem is the unit; `train.stats.paired_diff_ci`)."""
+    from train.rollouts.generate import Sampling
+    from train.rollouts.verify import toy_int
+    from train.stats import paired_diff_ci
     from train.teacher import teacher_prompt_text
     from train.toy.problems import toy_messages
     from train.toy.rule import rule_annotate
@@ -62,11 +72,26 @@ def hint_accuracy(gen, rows: list[dict]) -> dict:
         hinted.append({"messages": toy_messages(r["question"]), "reference": r["reference"],
                        "error_type": etype or "other", "skill": rule_skill(groups[r["prompt_id"]])})
     refs = [r["reference"] for r in failed]
-    out = {"rollouts": len(failed), "plain": _mean(_greedy_correct(gen, [r["prompt"] for r in failed], refs))}
+    prompts = {"plain": [r["prompt"] for r in failed]}
     for template in ("error_type", "skill", "reference+error"):
-        prompts = [teacher_prompt_text(gen.tokenizer, h, template) for h in hinted]
-        out[template] = _mean(_greedy_correct(gen, prompts, refs))
-    return out
+        prompts[template] = [teacher_prompt_text(gen.tokenizer, h, template) for h in hinted]
+    greedy = {"rollouts": len(failed)}
+    sampled: dict = {"rollouts": len(failed), "samples": samples}
+    per_problem: dict[str, list[float]] = {}
+    for template, ps in prompts.items():
+        greedy[template] = _mean(_greedy_correct(gen, ps, refs))
+        outs = gen.generate(ps, n=samples, sampling=Sampling(temperature=1.0, max_new_tokens=48),
+                            seeds=list(range(len(ps))))
+        hits = [sum(toy_int(o.text, ref)[1] for o in os_) / samples for os_, ref in zip(outs, refs, strict=True)]
+        sampled[template] = _mean(hits)
+        by_problem: dict[str, list[float]] = {}
+        for r, h in zip(failed, hits):
+            by_problem.setdefault(r["prompt_id"], []).append(h)
+        per_problem[template] = [sum(v) / len(v) for v in by_problem.values()]
+    for template in ("error_type", "skill", "reference+error"):
+        if len(per_problem["plain"]) >= 2:
+            sampled[f"{template}_minus_plain"] = [round(x, 4) for x in paired_diff_ci(per_problem[template], per_problem["plain"])]
+    return greedy, sampled
 
 
 def self_annotation(gen, rows: list[dict], checkpoint: str) -> dict:
@@ -94,11 +119,23 @@ def self_annotation(gen, rows: list[dict], checkpoint: str) -> dict:
             "correct_rows": sum(bool(r["correct"]) for r in rows)}
 
 
+def sampled_rollouts(gen, problems, samples: int = 4) -> list[dict]:
+    """`samples` rollouts per problem on the plain prompt at T = 1 (seed 0), verified, as rows
+    with `question` (what `hint_accuracy` and `self_annotation` read)."""
+    from train.rollouts.generate import Sampling, generate_rollouts
+    from train.toy.problems import toy_prompt_records
+
+    question = {p.prompt_id: p.question for p in problems}
+    table = generate_rollouts(gen, toy_prompt_records(problems, gen.tokenizer), n=samples,
+                              sampling=Sampling(temperature=1.0, max_new_tokens=48), seed=0)
+    return [dict(r, question=question[r["prompt_id"]]) for r in table.select(
+        ["rollout_id", "prompt_id", "prompt", "response", "reference", "correct"]).to_pylist()]
+
+
 def measure_policy(path: str | Path, n_problems: int = 200, samples: int = 4, n_annotate: int = 120,
                    seed: int = TOY_CHECK_SEED, progress: bool = True) -> dict:
     """All three capabilities of the policy folder `path` on `n_problems` problems of `seed`
     (a seed the build excludes). Fractions in [0, 1]; takes ~a minute or two on 2 cores."""
-    from train.rollouts.generate import Sampling, generate_rollouts
     from train.rollouts.hf_generator import HFGenerator
     from train.toy.problems import make_problems, toy_prompt_records
 
@@ -106,11 +143,7 @@ def measure_policy(path: str | Path, n_problems: int = 200, samples: int = 4, n_
     say = (lambda m: print(f"toy policy: {m} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)) if progress else (lambda m: None)
     gen = HFGenerator.from_pretrained(str(path), model_name="toy-eval", batch_size=128)
     problems = make_problems(n_problems, seed)
-    question = {p.prompt_id: p.question for p in problems}
-    table = generate_rollouts(gen, toy_prompt_records(problems, gen.tokenizer), n=samples,
-                              sampling=Sampling(temperature=1.0, max_new_tokens=48), seed=0)
-    rows = [dict(r, question=question[r["prompt_id"]]) for r in table.select(
-        ["rollout_id", "prompt_id", "prompt", "response", "reference", "correct"]).to_pylist()]
+    rows = sampled_rollouts(gen, problems, samples)
     out = {"problems": f"{n_problems} from make_problems(seed={seed}), never trained on",
            "plain_sampled": _mean(r["correct"] for r in rows)}
     say(f"plain sampled accuracy {out['plain_sampled']}")
@@ -118,8 +151,9 @@ def measure_policy(path: str | Path, n_problems: int = 200, samples: int = 4, n_
     out["plain_greedy"] = _mean(_greedy_correct(gen, [r.prompt for r in toy_prompt_records(problems, gen.tokenizer)], refs))
     out["reference_greedy"] = reference_accuracy(gen, problems)
     say(f"plain greedy {out['plain_greedy']}, reference-template greedy {out['reference_greedy']}")
-    out["hints_on_failed_rollouts_greedy"] = hint_accuracy(gen, rows)
-    say(f"hints on failed rollouts (greedy): {out['hints_on_failed_rollouts_greedy']}")
+    out["hints_on_failed_rollouts_greedy"], out["hints_on_failed_rollouts_sampled"] = hint_accuracy(gen, rows, samples)
+    say(f"hints on failed rollouts: greedy {out['hints_on_failed_rollouts_greedy']}, "
+        f"sampled {out['hints_on_failed_rollouts_sampled']}")
     first = [rows[i * samples] for i in range(min(n_annotate, n_problems))]  # one rollout per problem
     out["self_annotation"] = self_annotation(gen, first, str(path))
     say(f"self-annotation vs rule: {out['self_annotation']}")
