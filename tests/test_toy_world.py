@@ -168,13 +168,14 @@ def test_shipped_policy_answers_better_with_each_hint(shipped):
     # 200 check problems, paired by problem: every hint's 95% interval over plain lies above 0.
     # Greedy, `skill` is within noise of plain here (0.684 against 0.667; toy_policy.json).
     from train.rollouts.hf_generator import HFGenerator
-    from train.toy.measure import hint_accuracy, sampled_rollouts
+    from train.toy.measure import HINT_TEMPLATES, hint_accuracy, sampled_rollouts
     from train.toy.problems import TOY_CHECK_SEED, make_problems
 
     path, _ = shipped
     gen = HFGenerator.from_pretrained(str(path), model_name="toy-check", batch_size=128)
     _, sampled = hint_accuracy(gen, sampled_rollouts(gen, make_problems(200, TOY_CHECK_SEED)))
-    for template in ("error_type", "skill", "reference+error"):
+    assert set(HINT_TEMPLATES) == {"error_type", "skill", "reference+error"}
+    for template in HINT_TEMPLATES:
         assert sampled[f"{template}_minus_plain"][1] > 0, sampled
 
 

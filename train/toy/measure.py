@@ -21,6 +21,7 @@ from pathlib import Path
 from train.toy.problems import TOY_CHECK_SEED
 
 AGREE_F1 = 0.8
+HINT_TEMPLATES = ("error_type", "skill", "reference+error")  # compared with plain on failed rollouts
 
 
 def _greedy_correct(gen, prompts: list[str], references: list[str]) -> list[bool]:
@@ -73,7 +74,7 @@ def hint_accuracy(gen, rows: list[dict], samples: int = 4) -> tuple[dict, dict]:
                        "error_type": etype or "other", "skill": rule_skill(groups[r["prompt_id"]])})
     refs = [r["reference"] for r in failed]
     prompts = {"plain": [r["prompt"] for r in failed]}
-    for template in ("error_type", "skill", "reference+error"):
+    for template in HINT_TEMPLATES:
         prompts[template] = [teacher_prompt_text(gen.tokenizer, h, template) for h in hinted]
     greedy = {"rollouts": len(failed)}
     sampled: dict = {"rollouts": len(failed), "samples": samples}
@@ -88,8 +89,8 @@ def hint_accuracy(gen, rows: list[dict], samples: int = 4) -> tuple[dict, dict]:
         for r, h in zip(failed, hits):
             by_problem.setdefault(r["prompt_id"], []).append(h)
         per_problem[template] = [sum(v) / len(v) for v in by_problem.values()]
-    for template in ("error_type", "skill", "reference+error"):
-        if len(per_problem["plain"]) >= 2:
+    if len(per_problem["plain"]) >= 2:  # an interval needs two problems
+        for template in HINT_TEMPLATES:
             sampled[f"{template}_minus_plain"] = [round(x, 4) for x in paired_diff_ci(per_problem[template], per_problem["plain"])]
     return greedy, sampled
 
