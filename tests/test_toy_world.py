@@ -197,3 +197,21 @@ def test_habit_answer_repeats_the_line_above_the_last_step_and_the_rule_marks_it
     spans, _ = rule_annotate(got, ref, False)
     assert [got[s.start:s.end] for s in spans] == ["42"] and spans[0].start == got.rindex("42")
     assert habit_answer("5 + 1 = 6\nAnswer: 6") == "5 + 1 = 6\nAnswer: 6"  # one step: nothing above it
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["measure", "/nonexistent/policy"], "/nonexistent/policy: not a policy folder (no config.json)"),
+    (["measure", str(Path(__file__).parent)], "tests: not a policy folder (no config.json)"),  # a folder, no model
+    (["measure", str(Path(__file__).resolve()), "--problems", "5"], "not a policy folder (no config.json)"),  # a file
+    (["measure", "{shipped}", "--problems", "0"], "--problems must be at least 1, got 0"),
+    (["measure", "{shipped}", "--problems", "x"], "invalid int value: 'x'"),
+])
+def test_toy_measure_rejects_bad_input_in_one_line(argv, message, capsys):
+    from train.toy.__main__ import main
+    from train.toy.policy import shipped_policy
+
+    argv = [a.replace("{shipped}", str(shipped_policy())) for a in argv]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and message in err[-1] and "Traceback" not in "\n".join(err), err

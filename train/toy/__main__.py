@@ -20,11 +20,18 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--cache-dir", default=None, help="cache root (default $SPANROUTE_CACHE or ~/.cache/spanroute)")
     b.add_argument("--measure-problems", type=int, default=200, help="held-out problems to measure on (0: skip)")
     m = sub.add_parser("measure", help="measure a policy folder's three capabilities")
-    m.add_argument("path")
-    m.add_argument("--problems", type=int, default=200)
+    m.add_argument("path", help="a policy folder in save_pretrained format (config.json, weights, tokenizer)")
+    m.add_argument("--problems", type=int, default=200, help="held-out problems (seed 4242), 4 samples each (default 200)")
     args = ap.parse_args(argv)
     if args.cmd == "measure":
+        from pathlib import Path
+
         from train.toy.measure import measure_policy
+
+        if not (Path(args.path) / "config.json").is_file():
+            m.error(f"{args.path}: not a policy folder (no config.json)")
+        if args.problems < 1:
+            m.error(f"--problems must be at least 1, got {args.problems}")
 
         print(json.dumps(measure_policy(args.path, n_problems=args.problems, n_annotate=min(120, args.problems)), indent=2))
         return 0
