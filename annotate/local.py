@@ -7,6 +7,9 @@ template. A request's ``response_format`` is honoured as an OpenAI-compatible se
 ``json_schema`` decodes only JSON its schema allows, ``json_object`` only a JSON object
 (llguidance masks, `train.rollouts.grammar`), on generators that support it (`HFGenerator`); the
 answer is still parsed and validated like any other, so a quote not in the response is still caught.
+With `reasoning` (the default) the model may think first: a `<think>…</think>` block before the JSON
+is left free, as vLLM's structured outputs do behind a `--reasoning-parser`, and only the JSON after
+it is read (`annotate.parse`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class GeneratorRunner:
     generator: object  # train.rollouts.generate.Generator (has .generate and .tokenizer for HF)
     cache_path: Path
     batch_size: int = 16
+    reasoning: bool = True  # allow a <think>…</think> block before the constrained JSON
 
     def render(self, messages: list[dict]) -> str:
         tok = getattr(self.generator, "tokenizer", None)
@@ -63,6 +67,7 @@ class GeneratorRunner:
                 extra = {}
                 if getattr(self.generator, "supports_json_schema", False):
                     extra["json_schemas"] = [response_schema(keyed[k]) for k in part]
+                    extra["reasoning"] = self.reasoning
                 outs = self.generator.generate(
                     [self.render(keyed[k]["messages"]) for k in part], n=1,
                     sampling=Sampling(temperature=0.0, max_new_tokens=max_new), seeds=[0] * len(part), **extra)

@@ -72,3 +72,34 @@ def test_a_schema_llguidance_cannot_use_is_a_one_line_error():
     with pytest.raises(ValueError, match="constrained decoding"):
         schema_grammar({"type": "object", "properties": {"n": {"type": "integer", "minimum": 5, "maximum": 1}},
                         "required": ["n"]})
+
+
+@pytest.mark.parametrize("text, allowed", [
+    ('{"verdict": "key", "segment": 2}', True),  # no reasoning: the plain answer
+    ('<think>\n[1] 7 - 2 = 5 | 7 - 2 = 5 ok\n</think>\n{"verdict": "error", "segment": 1}', True),
+    ('<think>{"verdict": "key", "segment": 9}</think>\n{"verdict": "key", "segment": 3}', True),  # a draft is free
+    ('<think>a</think>\n<think>b</think>\n{"verdict": "key", "segment": 1}', False),  # one block only
+    ('<think>a</think>\n{"verdict": "key", "segment": 4}', False),  # the answer is still held to the schema
+    ('<think>a</think>\n{"verdict":"key","segment":1}', False),  # and to the json.dumps layout
+    ('Sure! {"verdict": "key", "segment": 1}', False),
+    ('{"verdict": "key", "segment": 1}{', False),
+])
+def test_with_reasoning_a_think_block_may_precede_the_constrained_answer(generator, text, allowed):
+    from train.rollouts.grammar import JsonConstraint
+
+    tok = generator.tokenizer
+    matcher = JsonConstraint(tok, [SCHEMA], generator.model.config.vocab_size, generator.eos_ids, reasoning=True).matchers[0]
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    taken = all(matcher.consume_token(t) for t in ids)
+    assert (taken and matcher.is_accepting()) == allowed, text
+
+
+def test_with_reasoning_a_random_model_still_ends_in_the_schema_or_inside_its_thought(generator):
+    prompts = [f"question {i}" for i in range(6)]
+    held = generator.generate(prompts, n=2, sampling=Sampling(temperature=1.0, max_new_tokens=40),
+                              seeds=list(range(6)), json_schemas=[SCHEMA] * 6, reasoning=True)
+    for s in (s for row in held for s in row):
+        if s.text.startswith("<think>"):
+            assert "</think>" not in s.text or _valid(s.text.split("</think>\n", 1)[1]), s.text
+        else:
+            assert _valid(s.text), s.text

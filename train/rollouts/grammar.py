@@ -28,13 +28,28 @@ def _ll_tokenizer(tokenizer, n_vocab: int, eos_ids: tuple[int, ...]):
     return llguidance.hf.from_tokenizer(tokenizer, n_vocab=n_vocab, eos_token=list(eos_ids))
 
 
-def schema_grammar(schema: dict | str) -> str:
-    """An llguidance grammar for a JSON schema (a dict, or its JSON text). Raises ValueError if
-    llguidance cannot compile it (the message names the schema's problem)."""
+# An optional reasoning block before the JSON, as reasoning models write it: `<think>`, any text up
+# to the first `</think>`, a newline. Only what follows is constrained, as with vLLM's structured
+# outputs behind a `--reasoning-parser`; `annotate.parse` reads only the JSON after it.
+_REASONING_LARK = """start: think? answer
+think: "<think>" thought "\\n"
+thought[stop="</think>"]: /(.|\\n)*/
+answer: %json """
+
+
+def schema_grammar(schema: dict | str, reasoning: bool = False) -> str:
+    """An llguidance grammar for a JSON schema (a dict, or its JSON text); with `reasoning`, an
+    optional `<think>…</think>\\n` block may come first (free text, unbounded but for the caller's
+    max_new_tokens). Raises ValueError if llguidance cannot compile it (the message names the
+    schema's problem)."""
     import llguidance
 
     text = schema if isinstance(schema, str) else json.dumps(schema)
-    grammar = llguidance.LLMatcher.grammar_from_json_schema(text, defaults=JSON_LAYOUT)
+    if reasoning:
+        with_layout = dict(json.loads(text), **{"x-guidance": JSON_LAYOUT})  # the layout, inline
+        grammar = llguidance.LLMatcher.grammar_from_lark(_REASONING_LARK + json.dumps(with_layout) + "\n")
+    else:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(text, defaults=JSON_LAYOUT)
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
     if is_error:
         raise ValueError(f"JSON schema not usable for constrained decoding: {messages[0]}")
@@ -45,18 +60,20 @@ class JsonConstraint:
     """Per-row JSON-schema masks for one generate batch.
 
     `schemas[b]` is row b's JSON schema (dict or JSON text) or None (unconstrained); `vocab` is the
-    model's logits width V; `eos_ids` the tokens that end a row. A row whose JSON is complete may
-    only end (EOS); a row that has ended is left free (HF pads it). Raises ValueError for a schema
-    llguidance cannot compile."""
+    model's logits width V; `eos_ids` the tokens that end a row; `reasoning`: a `<think>…</think>`
+    block may precede each row's JSON (`schema_grammar`). A row whose JSON is complete may only end
+    (EOS); a row that has ended is left free (HF pads it). Raises ValueError for a schema llguidance
+    cannot compile."""
 
-    def __init__(self, tokenizer, schemas: Sequence[dict | str | None], vocab: int, eos_ids: Sequence[int]):
+    def __init__(self, tokenizer, schemas: Sequence[dict | str | None], vocab: int, eos_ids: Sequence[int],
+                 reasoning: bool = False):
         import llguidance
 
         ll_tok = _ll_tokenizer(tokenizer, vocab, tuple(eos_ids))
         self.eos_ids = list(eos_ids)
         texts = [None if s is None else s if isinstance(s, str) else json.dumps(s) for s in schemas]
         # once per distinct schema, not per row; no sort_keys: property order is the order the JSON is written in
-        grammars = {t: schema_grammar(t) for t in set(texts) - {None}}
+        grammars = {t: schema_grammar(t, reasoning) for t in set(texts) - {None}}
         self.matchers = [None if t is None else llguidance.LLMatcher(ll_tok, grammars[t], log_level=0) for t in texts]
         self.ended = [s is None for s in schemas]
 

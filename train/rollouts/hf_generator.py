@@ -112,10 +112,11 @@ class HFGenerator:
     def device(self):
         return next(self.model.parameters()).device
 
-    def generate(self, prompts, *, n, sampling, seeds, json_schemas=None):
+    def generate(self, prompts, *, n, sampling, seeds, json_schemas=None, reasoning=False):
         """`Generator.generate`, plus `json_schemas`: one JSON schema (dict or text) or None per
         prompt; a prompt's samples then decode only text its schema allows (llguidance, see
-        `train.rollouts.grammar`; ValueError for a schema it cannot compile)."""
+        `train.rollouts.grammar`; ValueError for a schema it cannot compile), after an optional
+        `<think>…</think>` block if `reasoning`."""
         rows = [(i, j) for i in range(len(prompts)) for j in range(n)]
         enc = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         rows.sort(key=lambda r: (len(enc[r[0]]), r))  # similar lengths together: less padding
@@ -124,13 +125,13 @@ class HFGenerator:
             batch = rows[start : start + self.batch_size]
             schemas = None if json_schemas is None else [json_schemas[i] for i, _ in batch]
             samples = self._generate_batch([enc[i] for i, _ in batch], [_row_seed(seeds[i], j) for i, j in batch],
-                                           sampling, schemas)
+                                           sampling, schemas, reasoning)
             for (i, j), s in zip(batch, samples):
                 out[i][j] = s
         return out  # type: ignore[return-value]
 
     def _generate_batch(self, prompt_ids: list[list[int]], row_seeds: list[int], sampling: Sampling,
-                        schemas: list | None = None) -> list[Sample]:
+                        schemas: list | None = None, reasoning: bool = False) -> list[Sample]:
         import torch
         from transformers import GenerationConfig, LogitsProcessorList
 
@@ -144,7 +145,8 @@ class HFGenerator:
         if schemas is not None and any(s is not None for s in schemas):
             from train.rollouts.grammar import JsonConstraint
 
-            constraint = JsonConstraint(self.tokenizer, schemas, self.model.config.vocab_size, self.eos_ids)
+            constraint = JsonConstraint(self.tokenizer, schemas, self.model.config.vocab_size, self.eos_ids,
+                                        reasoning)
         proc = _SampleAndRecord(sampling, generators, constraint)
         cfg = GenerationConfig(
             do_sample=False,
