@@ -52,7 +52,8 @@ def schema_grammar(schema: dict | str, reasoning: bool = False) -> str:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(text, defaults=JSON_LAYOUT)
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
     if is_error:
-        raise ValueError(f"JSON schema not usable for constrained decoding: {messages[0]}")
+        first = messages[0].splitlines()[0] if messages else "llguidance gave no reason"
+        raise ValueError(f"JSON schema not usable for constrained decoding: {first}")  # one line, not the grammar
     return grammar
 
 
