@@ -3,7 +3,7 @@
 The capability test measures the shipped policy on a small sample of held-out problems (not a timing
 test): plain sampled accuracy in the issue's band (widened by three binomial standard errors for the
 sample size), greedy accuracy with the trainer's `reference` teacher prompt, and in-process
-`annotate self` agreeing with `annotate rule`.
+`annotate self` agreeing with `annotate rule` (on the 120 rows of the figure in `toy_policy.json`).
 """
 
 from __future__ import annotations
@@ -107,6 +107,42 @@ def test_sft_prompts_are_the_projects_own_renderings():
         assert m.error_type == etype
 
 
+def test_think_block_compares_digit_by_digit_and_leads_to_the_rule_answer():
+    # The `error_spans_think` target: hand-checked blocks, then on 300 synthetic wrong rollouts the
+    # block names the rule's segment and the whole completion parses to exactly the rule's spans
+    # (the block is a draft `annotate.parse` skips, as it does for a reasoning model).
+    import random
+
+    from annotate.parse import map_answer, parse_json
+    from train.toy import build_tokenizer, make_problems
+    from train.toy.rule import rule_annotate
+    from train.toy.sft import check_block, digit_pairs, example
+
+    assert digit_pairs("126", "117") == "11= 21x 67x"
+    assert digit_pairs("52", "522") == "55= 22= _2x"
+    ref = "96 + 21 = 117\n117 - 83 = 34\n34 + 34 = 68\nAnswer: 68"
+    assert check_block("96 + 21 = 126\n126 - 83 = 43\nAnswer: 43", ref) == ("<think>\n[1] 11= 21x\n</think>\n", 1)
+    assert check_block(ref.replace("Answer: 68", "Answer: 86"), ref) == (
+        "<think>\n[1] 11= 11= 77=\n[2] 33= 44=\n[3] 66= 88=\n[4] 86x\n</think>\n", 4)
+    assert check_block(ref, ref) is None
+    tok, rng, seen = build_tokenizer(), random.Random(0), 0
+    for p in make_problems(300, seed=6):
+        ex = example("error_spans_think", p, rng, tok, 0.05, 0.02, 0.1)
+        if ex is None:
+            continue
+        seen += 1
+        resp = ex[0].split("Response, numbered by segment:\n")[1].split("\n\nReturn")[0]
+        resp = "\n".join(line.split("] ", 1)[1] for line in resp.splitlines())
+        block, _, answer = ex[1].partition("</think>\n")
+        obj, status, _ = parse_json(ex[1])
+        assert (obj, status) == (json.loads(answer), "repaired")
+        m = map_answer(obj, resp, "error", "rule", "x")
+        spans, etype = rule_annotate(resp, p.reference, False)
+        assert [(s.start, s.end) for s in m.spans] == [(s.start, s.end) for s in spans], ex[1]
+        assert block.rsplit("\n[", 1)[-1].startswith(f"{obj['steps'][0]['segment']}]") and block.endswith("x\n")
+    assert seen > 200
+
+
 def _band(lo: float, hi: float, p_hat: float, n: int) -> bool:
     se = math.sqrt(max(p_hat * (1 - p_hat), 0.05) / n)
     return lo - 3 * se <= p_hat <= hi + 3 * se
@@ -179,12 +215,33 @@ def test_shipped_policy_answers_better_with_each_hint(shipped):
         assert sampled[f"{template}_minus_plain"][1] > 0, sampled
 
 
-# A target of issue #12 the shipped policy does not reach yet (see toy_policy.json): strict, so a
-# better policy turns it into a failure until the mark is removed.
-@pytest.mark.xfail(strict=True, reason="agrees with the rule annotator on 62% of 120 rows (target ≥ 90%): it places the error span on the wrong step")
-def test_shipped_policy_annotates_like_the_rule_annotator(shipped):
-    _, m = shipped
-    assert m["self_annotation"]["agree_f1_0.8"] >= 0.9, m
+@pytest.fixture(scope="module")
+def self_annotated(shipped):
+    """`annotate self` vs `annotate rule` on toy_policy.json's 120 rows (one sampled rollout of
+    each of the first 120 check problems): (measured, recorded)."""
+    from train.rollouts.hf_generator import HFGenerator
+    from train.toy.measure import sampled_rollouts, self_annotation
+    from train.toy.problems import TOY_CHECK_SEED, make_problems
+
+    path, _ = shipped
+    gen = HFGenerator.from_pretrained(str(path), model_name="toy-check", batch_size=128)
+    rows = sampled_rollouts(gen, make_problems(200, TOY_CHECK_SEED))[: 4 * 120 : 4]
+    recorded = json.loads((path / "toy_policy.json").read_text())["measured"]["self_annotation"]
+    return self_annotation(gen, rows, str(path)), recorded
+
+
+@pytest.mark.slow
+def test_shipped_policy_self_annotation_figure_reproduces(self_annotated):
+    measured, recorded = self_annotated
+    assert measured == recorded
+
+
+# Issue #12's target, on the 120 rows of the figure: the fixture's 30 rows are too few to tell
+# 0.9 from 0.85 (a standard error of ~0.06).
+@pytest.mark.slow
+def test_shipped_policy_annotates_like_the_rule_annotator(self_annotated):
+    measured, _ = self_annotated
+    assert measured["with_spans"] >= 0.9 and measured["agree_f1_0.8"] >= 0.9, measured
 
 
 def test_habit_answer_repeats_the_line_above_the_last_step_and_the_rule_marks_it():

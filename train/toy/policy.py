@@ -30,36 +30,40 @@ class ToyPolicyRecipe:
     (tasks drawn by example `weights`, `batch_size` rows, `long_batch_size` for the ~250-token
     annotator prompts) so padding stays small. `noise`: slipped plain targets; `hint_noise`:
     slipped targets under error-type / skill hints; `partial`: reference hints cut short;
-    `answer_habit`: plain targets whose Answer line repeats the line above the last step. Task
-    names are `train.toy.sft.TASKS` (`reference_verbatim`: copy a random block word for word)."""
+    `answer_habit`: plain targets whose Answer line repeats the line above the last step.
+    `mark_weight`: loss weight of the comparison marks (`=`/`x`) in `error_spans_think` blocks,
+    the few tokens that need a comparison rather than a copy (every
+    other completion token weighs 1; the loss is the weighted mean). Task names are
+    `train.toy.sft.TASKS` (`reference_verbatim`: copy a random block word for word)."""
 
     layers: int = 4
     hidden: int = 128
-    lr: float = 2e-4
+    lr: float = 5e-4
     batch_size: int = 32
     long_batch_size: int = 16
-    cycles: tuple[int, ...] = (200,)  # optimizer steps per warm-restart cycle
-    warmup: int = 10
+    cycles: tuple[int, ...] = (1500, 1000, 1000)  # optimizer steps per warm-restart cycle
+    warmup: int = 20
     weights: tuple[tuple[str, float], ...] = (("plain", 6.0), ("reference", 3.0), ("reference+error", 0.6),
                                               ("error_type", 0.8), ("skill", 0.6), ("key_spans", 1.0),
-                                              ("error_spans", 1.2), ("reference_verbatim", 1.0))
+                                              ("error_spans_think", 8.0), ("reference_verbatim", 1.0))
     noise: float = 0.05
     hint_noise: float = 0.02
     partial: float = 0.1
     answer_habit: float = 0.22
     vocab_size: int = 1024
-    init: str | None = "toy-policy-3b64df318cd6"  # warm start from this shipped policy (see `warm_start`)
-    seed: int = 9  # v5 trained on the stream of seed 8, v4 on 2 (and v2 on 0 and 1)
+    mark_weight: float = 10.0
+    init: str | None = "toy-policy-0ed77c1a929c"  # warm start from this shipped policy (see `warm_start`)
+    seed: int = 10  # v6 trained on the stream of seed 9, v5 on 8, v4 on 2 (and v2 on 0 and 1)
     threads: int = 2  # fixed, so the weights do not depend on the machine's core count
-    version: int = 3  # bump when the build code changes meaning
+    version: int = 7  # bump when the build code changes meaning
 
     def key(self) -> str:
         return hashlib.sha256(repr(self).encode()).hexdigest()[:12]
 
 
-LONG_TASKS = ("key_spans", "error_spans")
+LONG_TASKS = ("key_spans", "error_spans", "error_spans_think")
 SHORT = {"reference": "ref", "reference+error": "ref+err", "error_type": "etype", "key_spans": "key",
-         "error_spans": "err", "reference_verbatim": "verb"}  # progress-bar abbreviations; others as named
+         "error_spans": "err", "reference_verbatim": "verb", "error_spans_think": "think"}  # progress-bar abbreviations; others as named
 # The default recipe's output ships with the package (our own weights, ~4 MB), so a fresh machine
 # does not pay the build; other recipes build into the cache.
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
@@ -106,9 +110,24 @@ def toy_policy(cache_dir: str | Path | None = None, recipe: ToyPolicyRecipe = To
     return final
 
 
+def _completion_ids(tokenizer, task: str, completion: str, mark_weight: float) -> tuple[list[int], list[float]]:
+    """Token ids of a completion (+ EOS) and their loss weights: `mark_weight` on the marks of
+    an `error_spans_think` block (tokenized apart from the JSON after it), else 1."""
+    eos = tokenizer.eos_token_id
+    if task != "error_spans_think":
+        ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [eos]
+        return ids, [1.0] * len(ids)
+    block, _, answer = completion.partition("</think>\n")
+    head = tokenizer(block, add_special_tokens=False)["input_ids"]
+    marks = {tokenizer.convert_tokens_to_ids(t) for t in ("x", "=")}
+    ids = head + tokenizer("</think>\n" + answer, add_special_tokens=False)["input_ids"] + [eos]
+    return ids, [mark_weight if t in marks else 1.0 for t in head] + [1.0] * (len(ids) - len(head))
+
+
 def sft_batches(tokenizer, recipe: ToyPolicyRecipe, exclude: set[str], cycle: int = 0):
-    """Yields (task, input_ids_BT, attention_BT, labels_BT) for `recipe.cycles[cycle]` steps,
-    right-padded, labels -100 outside the completion (completion + EOS). One task per batch."""
+    """Yields (task, input_ids_BT, attention_BT, labels_BT, weights_BT) for `recipe.cycles[cycle]`
+    steps, right-padded, labels -100 outside the completion (completion + EOS), loss weights 0
+    there (`_completion_ids` inside). One task per batch."""
     import torch
 
     from train.toy.sft import examples
@@ -116,22 +135,23 @@ def sft_batches(tokenizer, recipe: ToyPolicyRecipe, exclude: set[str], cycle: in
     it = examples(tokenizer, dict(recipe.weights), recipe.seed + cycle, recipe.noise, recipe.hint_noise,
                   recipe.partial, exclude, recipe.answer_habit)
     buffers: dict[str, list] = {}
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    pad = tokenizer.pad_token_id
     for _ in range(recipe.cycles[cycle]):
         while True:
             task, prompt, completion = next(it)
             p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [eos]
+            c, w = _completion_ids(tokenizer, task, completion, recipe.mark_weight)
             buf = buffers.setdefault(task, [])
-            buf.append((p + c, [-100] * len(p) + c))
+            buf.append((p + c, [-100] * len(p) + c, [0.0] * len(p) + w))
             if len(buf) >= (recipe.long_batch_size if task in LONG_TASKS else recipe.batch_size):
                 rows = buffers.pop(task)
                 break
-        T = max(len(ids) for ids, _ in rows)
+        T = max(len(ids) for ids, _, _ in rows)
         yield (task,
-               torch.tensor([ids + [pad] * (T - len(ids)) for ids, _ in rows]),
-               torch.tensor([[1] * len(ids) + [0] * (T - len(ids)) for ids, _ in rows]),
-               torch.tensor([lab + [-100] * (T - len(lab)) for _, lab in rows]))
+               torch.tensor([ids + [pad] * (T - len(ids)) for ids, _, _ in rows]),
+               torch.tensor([[1] * len(ids) + [0] * (T - len(ids)) for ids, _, _ in rows]),
+               torch.tensor([lab + [-100] * (T - len(lab)) for _, lab, _ in rows]),
+               torch.tensor([w + [0.0] * (T - len(w)) for _, _, w in rows]))
 
 
 def toy_accuracy(model, tokenizer, n_problems: int = 200, samples: int = 4, temperature: float = 1.0,
@@ -254,8 +274,14 @@ def _cycle(model, tokenizer, recipe: ToyPolicyRecipe, cycle: int, exclude: set[s
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     losses: dict[str, float] = {}
-    for task, ids, attn, labels in sft_batches(tokenizer, recipe, exclude, cycle):
-        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+    for task, ids, attn, labels, weights in sft_batches(tokenizer, recipe, exclude, cycle):
+        if recipe.mark_weight == 1.0:  # HF's own mean loss: earlier recipes rebuild bit for bit
+            loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        else:  # the weighted mean over completion tokens (next-token targets, as HF shifts them)
+            logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+            ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none")
+            w = weights[:, 1:]
+            loss = (ce * w).sum() / w.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -97,9 +97,13 @@ def parse_steps(reference: str) -> list[tuple[int, str, int, int]]:
     return out
 
 
-def noisy_reference(problem: Problem, rng: random.Random) -> str:
-    """A plausible *wrong* solution: one step's result is off by a small amount and every later
-    step correctly carries the wrong value forward, so the first wrong line is the error span."""
+SLIP_DELTAS = tuple(d for d in range(-10, 11) if d != 0)
+
+
+def noisy_reference(problem: Problem, rng: random.Random, deltas: tuple[int, ...] = SLIP_DELTAS) -> str:
+    """A plausible *wrong* solution: one step's result is off by an amount drawn from `deltas`
+    (default ±1..10) and every later step correctly carries the wrong value forward, so the
+    first wrong line is the error span."""
     steps = parse_steps(problem.reference)
     k = rng.randrange(len(steps))
     out, carry = [], None
@@ -108,7 +112,7 @@ def noisy_reference(problem: Problem, rng: random.Random) -> str:
             a = carry
         r = _apply(op, a, b)
         if i == k:
-            delta = rng.choice([d for d in range(-10, 11) if d != 0])
+            delta = rng.choice(deltas)
             r = r + delta if r + delta >= 0 else r - delta
         out.append((a, op, b, r))
         carry = r

@@ -18,6 +18,9 @@ One example = (prompt text, completion text); the loss is on the completion (+ E
   recomputing disagree, only copying is right, so the policy learns to copy the block rather than
   redo (and slip on) its arithmetic: the `reference` template's greedy accuracy went from 0.875 (v4) to
   0.960 (v5) with it (issue #12);
+- ``error_spans_think``: as ``error_spans``, the answer preceded by a think block that compares
+  each segment's number with the reference line's digit by digit (`check_block`), stopping at the
+  first that differs, so the first wrong segment is found one short comparison at a time;
 - ``key_spans`` / ``error_spans``: the annotator's prompts, rendered exactly as `annotate self`
   renders them (`ApiAnnotator.body_for` fields, the checkpoint's chat template), for a synthetic
   rollout (`toy_response`) → the rule annotator's verdict serialised as the strict answer schema
@@ -30,11 +33,14 @@ import json
 import random
 from collections.abc import Iterator
 
-from train.toy.problems import Problem, _apply, make_problems, noisy_reference, parse_steps, render_prompt, render_solution, toy_messages
+from train.toy.problems import SLIP_DELTAS, Problem, _apply, make_problems, noisy_reference, parse_steps, render_prompt, render_solution, toy_messages
 
 # The tasks whose texts the toy tokenizer (version 2) was trained on; later tasks reuse its vocabulary.
 TOKENIZER_TASKS = ("plain", "reference", "reference+error", "error_type", "skill", "key_spans", "error_spans")
-TASKS = TOKENIZER_TASKS + ("reference_verbatim",)  # appended: an old recipe's task draws stay the same
+TASKS = TOKENIZER_TASKS + ("reference_verbatim", "error_spans_think")  # appended: old recipes' draws stay the same
+# Slips of the think task's rollouts: in the units (±1..10) as `noisy_reference` makes them, and as
+# often in the tens or hundreds, where the toy policy's own slips mostly are.
+THINK_SLIPS = SLIP_DELTAS + tuple(s * d for d in (10, 20, 30, 40, 50, 60, 70, 80, 90, 100) for s in (1, -1))
 # The mix of error types the hints name (the toy policy's own failures are mostly slips).
 HINT_ERROR_TYPES = (("arithmetic", 6), ("wrong_operation", 2), ("incomplete", 1), ("logic", 1), ("other", 1))
 # One-word reasons: the spans are what counts, and every generated token costs.
@@ -47,16 +53,17 @@ def _weighted(rng: random.Random, pairs) -> str:
     return rng.choices(names, weights=weights)[0]
 
 
-def toy_response(p: Problem, rng: random.Random) -> str:
+def toy_response(p: Problem, rng: random.Random, deltas: tuple[int, ...] = SLIP_DELTAS) -> str:
     """A rollout-like response to `p`: the reference (40%) or one of the ways toy rollouts go wrong
     (an arithmetic slip carried forward, a wrong operand or operation carried forward, an Answer
-    line that does not repeat the last result, a missing last step or Answer line, an extra step)."""
+    line that does not repeat the last result, a missing last step or Answer line, an extra step);
+    slips are off by one of `deltas`."""
     steps = parse_steps(p.reference)
     kind = _weighted(rng, (("right", 8), ("slip", 7), ("operand", 2), ("answer", 1), ("short", 1), ("extra", 1)))
     if kind == "right":
         return p.reference
     if kind == "slip":
-        return noisy_reference(p, rng)
+        return noisy_reference(p, rng, deltas)
     if kind == "operand":
         k, out, carry = rng.randrange(len(steps)), [], None
         for i, (a, op, b, _) in enumerate(steps):
@@ -100,6 +107,45 @@ def rule_answer(response: str, reference: str, correct: bool) -> dict | None:
         steps.append({"segment": seg.index, "quote": response[s.start:s.end],
                       "reason": REASONS["key" if correct else error_type]})
     return {"steps": steps} if correct else {"steps": steps, "error_type": error_type}
+
+
+def _line_value(line: str) -> str | None:
+    """The number a toy line states: a step's result, or the `Answer:` line's number."""
+    from train.toy.rule import ANSWER, STEP
+
+    m = STEP.search(line)
+    if m:
+        return m.group(4)
+    m = ANSWER.search(line)
+    return m.group(1) if m else None
+
+
+def digit_pairs(ours: str, theirs: str) -> str:
+    """Two numbers digit by digit, left-aligned, each pair marked `=` (same) or `x` (differs),
+    `_` where one number is shorter: `digit_pairs("126", "117")` → `11= 21x 67x`."""
+    n = max(len(ours), len(theirs))
+    a, b = ours.ljust(n, "_"), theirs.ljust(n, "_")
+    return " ".join(f"{x}{y}{'=' if x == y else 'x'}" for x, y in zip(a, b))
+
+
+def check_block(response: str, reference: str) -> tuple[str, int] | None:
+    """The think block of `error_spans_think`: each segment's number against the reference line
+    at the same position, digit by digit (`digit_pairs`), stopping right after the first pair
+    that differs; returns (block, that segment's number), or None when no segment differs. E.g.
+    `<think>\n[1] 11= 11= 77=\n[2] 33= 48x\n</think>\n`: every decision is one mark on the
+    pair just written, and an `x` ends the block."""
+    from spans import numbered_steps
+
+    ref_lines = [ln.strip() for ln in reference.splitlines() if ln.strip()]
+    lines = []
+    for k, seg in enumerate(numbered_steps(response)):
+        ours = _line_value(seg.text)
+        theirs = _line_value(ref_lines[k]) if k < len(ref_lines) else None
+        pairs = digit_pairs(ours or "?", theirs or "")
+        lines.append(f"[{seg.index}] {pairs.split('x')[0]}x" if "x" in pairs else f"[{seg.index}] {pairs}")
+        if "x" in pairs:
+            return "<think>\n" + "\n".join(lines) + "\n</think>\n", seg.index
+    return None
 
 
 def annotator_prompt(chat, p: Problem, response: str, correct: bool) -> str:
@@ -151,16 +197,25 @@ def example(task: str, p: Problem, rng: random.Random, chat, noise: float, hint_
     if task == "plain":
         target = noisy_reference(p, rng) if rng.random() < noise else p.reference
         return render_prompt(p.question, chat), habit_answer(target) if answer_habit and rng.random() < answer_habit else target
-    if task in ("key_spans", "error_spans"):
+    if task in ("key_spans", "error_spans", "error_spans_think"):
+        think = task == "error_spans_think"
         for _ in range(20):
-            resp = toy_response(p, rng)
+            resp = toy_response(p, rng, THINK_SLIPS if think else SLIP_DELTAS)
             correct = toy_int(resp, p.reference)[1]
             if correct == (task == "key_spans"):
                 break
         else:
             return None
         ans = rule_answer(resp, p.reference, correct)
-        return None if ans is None else (annotator_prompt(chat, p, resp, correct), json.dumps(ans))
+        if ans is None:
+            return None
+        block = ""
+        if think:  # only where the block names the rule's segment: the think must lead to the answer
+            checked = check_block(resp, p.reference)
+            if checked is None or checked[1] != ans["steps"][0]["segment"]:
+                return None
+            block = checked[0]
+        return annotator_prompt(chat, p, resp, correct), block + json.dumps(ans)
     if task == "reference_verbatim":
         block = verbatim_solution(rng)
         return teacher_prompt_text(chat, {"messages": toy_messages(p.question), "reference": block}, "reference"), block
