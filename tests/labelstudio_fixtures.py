@@ -124,8 +124,8 @@ def chromium() -> str:
         if p := shutil.which(name):
             return p
     try:
-        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True, timeout=300)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"],
+        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=600", "update", "-qq"], check=True, capture_output=True, timeout=300)
+        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "-qq", "--no-install-recommends", "chromium"],
                        check=True, capture_output=True, timeout=600,
                        env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, FileNotFoundError) as e:
