@@ -118,8 +118,8 @@ def test_think_block_compares_digit_by_digit_and_leads_to_the_rule_answer():
     from train.toy.rule import rule_annotate
     from train.toy.sft import check_block, digit_pairs, example
 
-    assert digit_pairs("126", "117") == "11= 21x 67x"
-    assert digit_pairs("52", "522") == "55= 22= _2x"
+    assert digit_pairs("126", "117") == ["11=", "21x", "67x"]
+    assert digit_pairs("52", "522") == ["55=", "22=", "_2x"]
     ref = "96 + 21 = 117\n117 - 83 = 34\n34 + 34 = 68\nAnswer: 68"
     assert check_block("96 + 21 = 126\n126 - 83 = 43\nAnswer: 43", ref) == ("<think>\n[1] 11= 21x\n</think>\n", 1)
     assert check_block(ref.replace("Answer: 68", "Answer: 86"), ref) == (

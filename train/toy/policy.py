@@ -31,8 +31,8 @@ class ToyPolicyRecipe:
     annotator prompts) so padding stays small. `noise`: slipped plain targets; `hint_noise`:
     slipped targets under error-type / skill hints; `partial`: reference hints cut short;
     `answer_habit`: plain targets whose Answer line repeats the line above the last step.
-    `mark_weight`: loss weight of the comparison marks (`=`/`x`) in `error_spans_think` blocks,
-    the few tokens that need a comparison rather than a copy (every
+    `mark_weight`: loss weight of the comparison marks (`train.toy.sft.MARKS`) in
+    `error_spans_think` blocks, the few tokens that need a comparison rather than a copy (every
     other completion token weighs 1; the loss is the weighted mean). Task names are
     `train.toy.sft.TASKS` (`reference_verbatim`: copy a random block word for word)."""
 
@@ -117,9 +117,11 @@ def _completion_ids(tokenizer, task: str, completion: str, mark_weight: float) -
     if task != "error_spans_think":
         ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [eos]
         return ids, [1.0] * len(ids)
+    from train.toy.sft import MARKS
+
     block, _, answer = completion.partition("</think>\n")
     head = tokenizer(block, add_special_tokens=False)["input_ids"]
-    marks = {tokenizer.convert_tokens_to_ids(t) for t in ("x", "=")}
+    marks = {tokenizer.convert_tokens_to_ids(t) for t in MARKS}
     ids = head + tokenizer("</think>\n" + answer, add_special_tokens=False)["input_ids"] + [eos]
     return ids, [mark_weight if t in marks else 1.0 for t in head] + [1.0] * (len(ids) - len(head))
 

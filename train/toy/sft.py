@@ -120,12 +120,14 @@ def _line_value(line: str) -> str | None:
     return m.group(1) if m else None
 
 
-def digit_pairs(ours: str, theirs: str) -> str:
+MARKS = ("=", "x")  # a digit pair's mark in a think block: same, differs (the tokens whose loss `mark_weight` scales)
+
+
+def digit_pairs(ours: str, theirs: str) -> list[str]:
     """Two numbers digit by digit, left-aligned, each pair marked `=` (same) or `x` (differs),
-    `_` where one number is shorter: `digit_pairs("126", "117")` → `11= 21x 67x`."""
+    `_` where one number is shorter: `digit_pairs("126", "117")` → `["11=", "21x", "67x"]`."""
     n = max(len(ours), len(theirs))
-    a, b = ours.ljust(n, "_"), theirs.ljust(n, "_")
-    return " ".join(f"{x}{y}{'=' if x == y else 'x'}" for x, y in zip(a, b))
+    return [f"{a}{b}{MARKS[a != b]}" for a, b in zip(ours.ljust(n, "_"), theirs.ljust(n, "_"))]
 
 
 def check_block(response: str, reference: str) -> tuple[str, int] | None:
@@ -142,8 +144,9 @@ def check_block(response: str, reference: str) -> tuple[str, int] | None:
         ours = _line_value(seg.text)
         theirs = _line_value(ref_lines[k]) if k < len(ref_lines) else None
         pairs = digit_pairs(ours or "?", theirs or "")
-        lines.append(f"[{seg.index}] {pairs.split('x')[0]}x" if "x" in pairs else f"[{seg.index}] {pairs}")
-        if "x" in pairs:
+        differs = next((i for i, pair in enumerate(pairs) if pair.endswith(MARKS[1])), None)
+        lines.append(f"[{seg.index}] " + " ".join(pairs if differs is None else pairs[: differs + 1]))
+        if differs is not None:
             return "<think>\n" + "\n".join(lines) + "\n</think>\n", seg.index
     return None
 
