@@ -123,9 +123,10 @@ def chromium() -> str:
     for name in ("chromium", "chromium-browser"):
         if p := shutil.which(name):
             return p
+    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]  # wait for another run's apt-get rather than fail on its lock
     try:
-        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=600", "update", "-qq"], check=True, capture_output=True, timeout=300)
-        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "-qq", "--no-install-recommends", "chromium"],
+        subprocess.run([*apt, "update", "-qq"], check=True, capture_output=True, timeout=300)
+        subprocess.run([*apt, "install", "-y", "-qq", "--no-install-recommends", "chromium"],
                        check=True, capture_output=True, timeout=600,
                        env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, FileNotFoundError) as e:
