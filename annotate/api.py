@@ -80,10 +80,10 @@ def finish_reason(raw: str | None) -> str | None:
 
 
 def read_answer(call, schema: dict, max_tokens: int) -> tuple[dict | None, str, str | None]:
-    """(object, status, error) of one finished call: a failed call fails with its error; an answer
-    cut at the token limit (``finish_reason=length``) is ``truncated`` with the limit, unless a
-    complete object fitting `schema` came before the cut (then ``repaired``, noted); otherwise
-    `parse_json`'s verdict."""
+    """(object, status, error or note) of one finished call: a failed call fails with its error; an
+    answer cut at the token limit (``finish_reason=length``) is ``truncated`` with the limit, unless
+    a complete object fitting `schema` came before the cut (then ``repaired``, noted); otherwise
+    `parse_json`'s verdict (a ``repaired`` one with its note)."""
     if call.state != "done" or call.content is None:
         return None, "failed", redact(call.error or "no answer")
     obj, status, err = parse_json(call.content, schema)
@@ -93,7 +93,7 @@ def read_answer(call, schema: dict, max_tokens: int) -> tuple[dict | None, str, 
            f"{call.completion_tokens} completion tokens); raise --max-tokens")
     if obj is None:
         return None, "truncated", cut
-    return obj, "repaired", cut
+    return obj, "repaired", "; ".join(x for x in (err, cut) if x)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from annotate.templates import ERROR_TYPES
 from spans import Segment, Span, locate, numbered_steps
 
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
+_FENCE = re.compile(r"```[\w-]*")
 # Reasoning models think out loud inside these tags; what is inside is a draft, never the answer.
 _REASONING = re.compile(r"<(think|thinking|reasoning)>.*?</\1>", re.S | re.I)
 _OPEN_REASONING = re.compile(r"<(think|thinking|reasoning)>", re.I)
@@ -39,8 +40,9 @@ def fits(obj, schema: dict | None) -> bool:
     return True
 
 
-def _objects(text: str) -> list[dict]:
-    """Every complete top-level JSON object in `text`, in order (braces in prose are skipped)."""
+def _objects(text: str) -> list[tuple[dict, int, int]]:
+    """Every complete top-level JSON object in `text`, in order, with its [start, end) offsets in
+    code points (braces in prose are skipped)."""
     out, i = [], text.find("{")
     while i >= 0:
         try:
@@ -49,19 +51,23 @@ def _objects(text: str) -> list[dict]:
             i = text.find("{", i + 1)
             continue
         if isinstance(obj, dict):
-            out.append(obj)
+            out.append((obj, i, end))
         i = text.find("{", end)
     return out
 
 
 def parse_json(content: str | None, schema: dict | None = None) -> tuple[dict | None, str, str | None]:
-    """(object, status, error) of a model's answer.
+    """(object, status, note) of a model's answer.
 
-    ``ok``: the whole answer is one JSON object (fitting `schema`, when given). ``repaired``: the
-    answer was found around other text — a code fence, prose, reasoning in ``<think>…</think>``
-    before it (drafts inside it never count), notes after it, trailing commas — and it is the
-    **last** complete top-level object that fits `schema` (`fits`). ``failed`` with the reason
-    otherwise (the first JSON error, or which objects were found and why none fits).
+    ``ok`` (note None): the answer is one JSON object fitting `schema` (when given), alone or after
+    closed reasoning blocks (``<think>…</think>``, ``<thinking>``, ``<reasoning>``): what a reasoning
+    model writes, and what a vLLM server's ``--reasoning-parser`` would have moved out of
+    ``content``. ``repaired``: the object was found around other text — a code fence, prose or
+    another object before or after it, trailing commas — and it is the **last** complete top-level
+    object that fits `schema` (`fits`; drafts inside reasoning never count); the note says what was
+    around it (e.g. ``JSON taken from a longer answer: 7 characters before it, a code fence around
+    it``). ``failed`` with the reason otherwise (the first JSON error, or which objects were found
+    and why none fits).
     """
     if content is None or not content.strip():
         return None, "failed", "empty answer"
@@ -78,14 +84,33 @@ def parse_json(content: str | None, schema: dict | None = None) -> tuple[dict | 
         answer = answer[: opened.start()]
         if not answer.strip():
             return None, "failed", f"answer ended inside <{opened.group(1)}> (no JSON after the reasoning)"
-    for text in (answer, _TRAILING_COMMA.sub(r"\1", answer)):
+    elif answer != content:  # closed reasoning, then nothing but the answer: as a reasoning parser gives it
+        try:
+            obj = json.loads(answer)
+            if fits(obj, schema):
+                return obj, "ok", None
+        except json.JSONDecodeError:
+            pass
+    for text, commas in ((answer, False), (_TRAILING_COMMA.sub(r"\1", answer), True)):
         found = _objects(text)
-        good = [o for o in found if fits(o, schema)]
+        good = [f for f in found if fits(f[0], schema)]
         if good:
-            return good[-1], "repaired", None
+            return good[-1][0], "repaired", _repair_note(text, good, commas)
     if found:
-        return None, "failed", f"{len(found)} JSON object(s) found, none fits the schema: {_why_not(found[-1], schema)}"
+        return None, "failed", f"{len(found)} JSON object(s) found, none fits the schema: {_why_not(found[-1][0], schema)}"
     return None, "failed", first_error
+
+
+def _repair_note(text: str, good: list[tuple[dict, int, int]], commas: bool) -> str:
+    """What surrounded the object `parse_json` took (the last of `good`) in `text`."""
+    _, start, end = good[-1]
+    before, after = _FENCE.sub("", text[:start]).strip(), _FENCE.sub("", text[end:]).strip()
+    parts = [f"the last of {len(good)} objects that fit the schema"] if len(good) > 1 else []
+    parts += [f"{len(before)} characters before it"] if before else []
+    parts += [f"{len(after)} characters after it"] if after else []
+    parts += ["a code fence around it"] if _FENCE.search(text[:start] + text[end:]) else []
+    parts += ["trailing commas removed"] if commas else []
+    return "JSON taken from a longer answer: " + ", ".join(parts or ["text around it"])
 
 
 def _why_not(obj, schema: dict | None) -> str:

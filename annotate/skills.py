@@ -90,7 +90,7 @@ class ApiSkills:
             if obj is None:
                 per_group[g] = RowResult("", [], None, status, err, **ev)
             else:
-                per_group[g] = RowResult("", [], None, status, None, skill=skill_json(*(obj[k] for k in SKILL_KEYS)), **ev)
+                per_group[g] = RowResult("", [], None, status, err, skill=skill_json(*(obj[k] for k in SKILL_KEYS)), **ev)
         out = []
         for r in records:
             res = per_group[unit_of(r, self.per)]
