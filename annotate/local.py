@@ -48,6 +48,11 @@ class GeneratorRunner:
             return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\n\nassistant:"
 
+    def prompt_tokens(self, prompt: str) -> int:
+        """Tokens of a rendered prompt as the generator encodes it (0 without a tokenizer)."""
+        tok = getattr(self.generator, "tokenizer", None)
+        return len(tok(prompt, add_special_tokens=False)["input_ids"]) if tok is not None else 0
+
     def __call__(self, bodies: list[dict]) -> tuple[dict[str, CallRecord], Summary]:
         from train.rollouts.generate import Sampling
 
@@ -68,18 +73,19 @@ class GeneratorRunner:
                 if getattr(self.generator, "supports_json_schema", False):
                     extra["json_schemas"] = [response_schema(keyed[k]) for k in part]
                     extra["reasoning"] = self.reasoning
+                prompts = [self.render(keyed[k]["messages"]) for k in part]
                 outs = self.generator.generate(
-                    [self.render(keyed[k]["messages"]) for k in part], n=1,
-                    sampling=Sampling(temperature=0.0, max_new_tokens=max_new), seeds=[0] * len(part), **extra)
-                for k, samples in zip(part, outs, strict=True):
-                    s = samples[0]
+                    prompts, n=1, sampling=Sampling(temperature=0.0, max_new_tokens=max_new), seeds=[0] * len(part), **extra)
+                for k, prompt, samples in zip(part, prompts, outs, strict=True):
+                    s, n_prompt = samples[0], self.prompt_tokens(prompt)
                     rec = CallRecord(k, "done", s.text, canonical({"text": s.text, "finish_reason": s.finish_reason,
                                                                    "completion_tokens": len(s.token_ids)}),
-                                     0, len(s.token_ids), 0.0, None, 1)
+                                     n_prompt, len(s.token_ids), 0.0, None, 1)
                     records[k] = rec
                     journal.record(rec)
                     summary.sent += 1
                     summary.done += 1
+                    summary.prompt_tokens += n_prompt
                     summary.completion_tokens += len(s.token_ids)
                 journal.flush()
         finally:

@@ -180,6 +180,11 @@ def test_self_in_process_uses_the_policy_generator_and_the_same_cache(tmp_path, 
     lin = st.versions()[-1].lineage
     assert lin["extra"]["source"] == "self" and lin["extra"]["checkpoint"] == str(ckpt)
     assert lin["annotator"] == "self:policy"
+    # prompt tokens are counted as the policy's tokenizer encodes the rendered prompt (an annotator
+    # prompt is ~250 toy tokens), per row and, once per distinct request, in the summary
+    per_request = {ev(r)["request_hash"]: ev(r)["prompt_tokens"] for r in annotated(st)}
+    assert all(100 < n < 400 for n in per_request.values())
+    assert first["prompt_tokens"] == sum(per_request.values()) and len(per_request) == first["sent"]
     for r in annotated(st):  # a random tiny model writes no JSON: every row says so, raw answer kept
         assert ev(r)["raw_response"] and ev(r)["parse_error"]
         # cut at --max-tokens 8 it says so; an answer that stopped on its own is unusable JSON
