@@ -53,6 +53,7 @@ BATCH_EXPORT = typer.Option(None, "--batch-export", help="Write the requests not
 EXECUTOR = typer.Option("local", "--executor", help="Where batches run: local (this process) | ray (a Ray Data actor pool reading the pinned version; same cache, journal and single commit, so the result is identical).")
 RAY_ADDRESS = typer.Option(None, "--ray-address", help="Ray cluster to join with --executor ray, e.g. 127.0.0.1:6379 or ray://head:10001 (default: start a local Ray on this machine).")
 RAY_ACTORS = typer.Option(2, "--ray-actors", min=1, help="Most Ray actors annotating at once (each keeps --concurrency requests in flight).")
+RULE_RAY_ACTORS = typer.Option(2, "--ray-actors", min=1, help="Most Ray actors annotating at once (each checks one batch of rows at a time).")
 BATCH_IMPORT = typer.Option(None, "--batch-import", help="Load a Batch API output JSONL into the cache first; the run then serves those rows from the cache.")
 
 
@@ -259,7 +260,7 @@ def self_(store: Path = STORE, version: str = VERSION,
 
 @annotate_app.command("rule")
 def rule_(store: Path = STORE, version: str = VERSION, limit: int = LIMIT, executor: str = EXECUTOR,
-          ray_address: str = RAY_ADDRESS, ray_actors: int = RAY_ACTORS) -> None:
+          ray_address: str = RAY_ADDRESS, ray_actors: int = RULE_RAY_ACTORS) -> None:
     """Annotate toy-arithmetic rollouts exactly, for free (source=rule).
 
     Each line `a op b = c` is recomputed: an incorrect rollout gets an error span on its first wrong line (error_type arithmetic | wrong_operation | logic | incomplete | other); a correct one gets key spans on the step producing the answer and on the `Answer: N` line.
