@@ -71,26 +71,17 @@ def parse_json(content: str | None, schema: dict | None = None) -> tuple[dict | 
     """
     if content is None or not content.strip():
         return None, "failed", "empty answer"
-    try:
-        obj = json.loads(content)
-        if fits(obj, schema):
-            return obj, "ok", None
-        first_error = _why_not(obj, schema)
-    except json.JSONDecodeError as e:
-        first_error = f"invalid JSON: {e}"
+    obj, first_error = _alone(content, schema)
+    if obj is not None:
+        return obj, "ok", None
     answer = _REASONING.sub(" ", content)
     opened = _OPEN_REASONING.search(answer)
     if opened:  # reasoning never closed: everything after the tag is thought, not an answer
         answer = answer[: opened.start()]
         if not answer.strip():
             return None, "failed", f"answer ended inside <{opened.group(1)}> (no JSON after the reasoning)"
-    elif answer != content:  # closed reasoning, then nothing but the answer: as a reasoning parser gives it
-        try:
-            obj = json.loads(answer)
-            if fits(obj, schema):
-                return obj, "ok", None
-        except json.JSONDecodeError:
-            pass
+    elif answer != content and (obj := _alone(answer, schema)[0]) is not None:
+        return obj, "ok", None  # closed reasoning, then nothing but the answer: as a reasoning parser gives it
     for text, commas in ((answer, False), (_TRAILING_COMMA.sub(r"\1", answer), True)):
         found = _objects(text)
         good = [f for f in found if fits(f[0], schema)]
@@ -99,6 +90,16 @@ def parse_json(content: str | None, schema: dict | None = None) -> tuple[dict | 
     if found:
         return None, "failed", f"{len(found)} JSON object(s) found, none fits the schema: {_why_not(found[-1][0], schema)}"
     return None, "failed", first_error
+
+
+def _alone(text: str, schema: dict | None) -> tuple[dict | None, str | None]:
+    """(the object, None) when the whole of `text` is one JSON object that fits `schema`, else
+    (None, why not)."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, f"invalid JSON: {e}"
+    return (obj, None) if fits(obj, schema) else (None, _why_not(obj, schema))
 
 
 def _repair_note(text: str, good: list[tuple[dict, int, int]], commas: bool) -> str:
