@@ -117,6 +117,33 @@ def make_store(path: Path, n: int = 6, rows: list[dict] | None = None):
     return store
 
 
+def login_cookies(server) -> dict[str, str]:
+    """Log `server`'s user in over HTTP (the login form's CSRF token, then its POST) and return the
+    cookies of the logged-in session (`sessionid`, `csrftoken`).
+
+    Why not the login form in the browser: Label Studio 1.23 keeps sessions in signed cookies and
+    writes a session on every anonymous request, so each response to the login page's CSS, fonts or
+    analytics beacon sets an anonymous `sessionid`. One that arrives after the login POST's response
+    logs the browser out again; that is a race, and on a busy machine a test can lose it. A browser
+    that gets these cookies before its first request never sends an anonymous one.
+    """
+    import http.cookiejar
+    import re
+    import urllib.parse
+
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    form = opener.open(f"{server.url}/user/login/", timeout=60).read().decode()
+    csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)
+    body = urllib.parse.urlencode({"csrfmiddlewaretoken": csrf, "email": server.username,
+                                   "password": server.password, "persist_session": "on"}).encode()
+    opener.open(urllib.request.Request(f"{server.url}/user/login/", data=body,
+                                       headers={"Referer": f"{server.url}/user/login/"}), timeout=60).read()
+    whoami = json.load(opener.open(f"{server.url}/api/current-user/whoami", timeout=60))
+    assert whoami["email"] == server.username, f"logged in as {whoami.get('email')!r}, not {server.username!r}"
+    return {c.name: c.value for c in jar if c.name in ("sessionid", "csrftoken")}
+
+
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """Path of Debian's headless-capable chromium; installed with apt-get when missing (root)."""
@@ -174,6 +201,7 @@ class CDPPage:
         self.loop = asyncio.new_event_loop()
         self.loop.run_until_complete(self._connect())
         self.n = 0
+        self.navigations: list[str] = []  # main-frame URLs in order (Page.frameNavigated, after Page.enable)
 
     async def _connect(self):
         import aiohttp
@@ -187,6 +215,8 @@ class CDPPage:
         await self.ws.send_str(json.dumps({"id": mid, "method": method, "params": params}))
         while True:  # events interleave with replies: wait for ours
             msg = json.loads((await self.ws.receive()).data)
+            if msg.get("method") == "Page.frameNavigated" and not msg["params"]["frame"].get("parentId"):
+                self.navigations.append(msg["params"]["frame"]["url"])
             if msg.get("id") == mid:
                 if "error" in msg:
                     raise RuntimeError(f"{method}: {msg['error']}")
@@ -200,6 +230,11 @@ class CDPPage:
         if "exceptionDetails" in r:
             raise RuntimeError(str(r["exceptionDetails"])[:500])
         return r["result"].get("value")
+
+    def set_cookies(self, url: str, cookies: dict[str, str]) -> None:
+        """Put `cookies` in the browser for `url`'s host before any page of it loads."""
+        for name, value in cookies.items():
+            self.send("Network.setCookie", name=name, value=value, url=url)
 
     def goto(self, url: str) -> None:
         self.send("Page.navigate", url=url)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from annotate import labelstudio as ls
 from spans import as_span
-from tests.labelstudio_fixtures import CDPPage, chromium, ls_client, ls_project, ls_server, make_store  # noqa: F401
+from tests.labelstudio_fixtures import (  # noqa: F401
+    CDPPage, chromium, login_cookies, ls_client, ls_project, ls_server, make_store)
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 
@@ -24,11 +23,14 @@ _REGION_TEXTS = """(() => {
 })()"""
 
 
-def _evidence(page, tmp_path, name: str) -> str:
-    """Where the page was and what it showed, for a failure message (a screenshot in tmp_path)."""
+def _evidence(page, tmp_path, name: str, server) -> str:
+    """Where the page was, how it got there, what it showed and what the server logged, for a failure
+    message (a screenshot in tmp_path)."""
     page.screenshot(tmp_path / f"{name}.png")
     where = page.eval("location.href + ' | ' + document.body.innerText.slice(0, 300).replace(/\\s+/g, ' ')")
-    return f"page {where!r}; screenshot {tmp_path / f'{name}.png'}"
+    log = server.log_path.read_text(errors="replace").splitlines()[-25:]
+    return (f"page {where!r}; navigations {page.navigations}; screenshot {tmp_path / f'{name}.png'}; "
+            f"server log tail:\n" + "\n".join(log))
 
 
 def test_ui_highlights_exactly_the_span_text(tmp_path, chromium, ls_server, ls_client, ls_project):
@@ -39,12 +41,7 @@ def test_ui_highlights_exactly_the_span_text(tmp_path, chromium, ls_server, ls_c
     page = CDPPage(chromium)
     try:
         page.send("Page.enable")
-        page.goto(f"{ls_server.url}/user/login/")
-        page.wait("document.querySelector('input[name=email]') !== null")
-        page.eval(f"""document.querySelector('input[name=email]').value = {json.dumps(ls_server.username)};
-            document.querySelector('input[name=password]').value = {json.dumps(ls_server.password)};
-            document.querySelector('form').submit(); 1""")
-        page.wait("!location.pathname.startsWith('/user/login')")
+        page.set_cookies(ls_server.url, login_cookies(ls_server))
         for rid in ("r0000", "r0001"):  # r0000: emoji with ZWJ, '𝑥', CRLF
             expected = sorted(as_span(s).text for s in rows[rid]["spans"])
             page.eval("window.__stale = true")  # so we never read the previous task's page
@@ -53,7 +50,7 @@ def test_ui_highlights_exactly_the_span_text(tmp_path, chromium, ls_server, ls_c
                 page.wait(f"!window.__stale && document.querySelectorAll('.htx-highlight').length >= {len(expected)}")
                 got = page.wait(f"(() => {{ const t = {_REGION_TEXTS}; return t.length === {len(expected)} ? t : null }})()")
             except TimeoutError as e:
-                raise AssertionError(f"task {tasks[rid]}: {e}; {_evidence(page, tmp_path, rid)}") from None
-            assert sorted(got) == expected, f"task {tasks[rid]}: {_evidence(page, tmp_path, rid)}"
+                raise AssertionError(f"task {tasks[rid]}: {e}; {_evidence(page, tmp_path, rid, ls_server)}") from None
+            assert sorted(got) == expected, f"task {tasks[rid]}: {_evidence(page, tmp_path, rid, ls_server)}"
     finally:
         page.close()

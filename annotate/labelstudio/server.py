@@ -49,6 +49,12 @@ START_TIMEOUT_S = 600.0  # a crash is seen at once (alive()); this only bounds a
 TEMPLATE_TIMEOUT_S = 1800.0
 
 
+# Label Studio's defaults send usage events to labelstud.io (its login page also loads a tracking
+# iframe from there) and server errors, with request data, to HumanSignal's Sentry. A server that
+# holds people's datasets on 127.0.0.1 sends neither.
+OFFLINE_ENV = {"COLLECT_ANALYTICS": "false", "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": ""}
+
+
 class ServerError(RuntimeError):
     """Label Studio could not be installed, started or reached (the message says what to check)."""
 
@@ -309,6 +315,7 @@ def start(
         "LABEL_STUDIO_USER_TOKEN": token,
         "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
         "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+        **OFFLINE_ENV,
     }
     last = ""
     for _ in range(attempts):
