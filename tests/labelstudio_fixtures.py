@@ -12,14 +12,17 @@ import asyncio
 import atexit
 import base64
 import contextlib
+import http.cookiejar
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -127,10 +130,6 @@ def login_cookies(server) -> dict[str, str]:
     logs the browser out again; that is a race, and on a busy machine a test can lose it. A browser
     that gets these cookies before its first request never sends an anonymous one.
     """
-    import http.cookiejar
-    import re
-    import urllib.parse
-
     jar = http.cookiejar.CookieJar()
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
     form = opener.open(f"{server.url}/user/login/", timeout=60).read().decode()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from annotate import labelstudio as ls
+from annotate.labelstudio.server import _log_tail
 from spans import as_span
 from tests.labelstudio_fixtures import (  # noqa: F401
     CDPPage, chromium, login_cookies, ls_client, ls_project, ls_server, make_store)
@@ -28,9 +29,8 @@ def _evidence(page, tmp_path, name: str, server) -> str:
     message (a screenshot in tmp_path)."""
     page.screenshot(tmp_path / f"{name}.png")
     where = page.eval("location.href + ' | ' + document.body.innerText.slice(0, 300).replace(/\\s+/g, ' ')")
-    log = server.log_path.read_text(errors="replace").splitlines()[-25:]
     return (f"page {where!r}; navigations {page.navigations}; screenshot {tmp_path / f'{name}.png'}; "
-            f"server log tail:\n" + "\n".join(log))
+            f"server log tail: {_log_tail(server.log_path, 25)}")
 
 
 def test_ui_highlights_exactly_the_span_text(tmp_path, chromium, ls_server, ls_client, ls_project):
