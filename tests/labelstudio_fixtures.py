@@ -201,6 +201,7 @@ class CDPPage:
         self.loop.run_until_complete(self._connect())
         self.n = 0
         self.navigations: list[str] = []  # main-frame URLs in order (Page.frameNavigated, after Page.enable)
+        self.errors: list[str] = []  # uncaught page exceptions and failed loads (after Runtime/Network.enable)
 
     async def _connect(self):
         import aiohttp
@@ -216,6 +217,11 @@ class CDPPage:
             msg = json.loads((await self.ws.receive()).data)
             if msg.get("method") == "Page.frameNavigated" and not msg["params"]["frame"].get("parentId"):
                 self.navigations.append(msg["params"]["frame"]["url"])
+            elif msg.get("method") == "Runtime.exceptionThrown":
+                d = msg["params"]["exceptionDetails"]
+                self.errors.append(d.get("exception", {}).get("description", d.get("text", ""))[:300])
+            elif msg.get("method") == "Network.loadingFailed":
+                self.errors.append(f"load failed: {msg['params'].get('errorText')} (request {msg['params'].get('requestId')})")
             if msg.get("id") == mid:
                 if "error" in msg:
                     raise RuntimeError(f"{method}: {msg['error']}")

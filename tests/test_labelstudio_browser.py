@@ -28,8 +28,10 @@ def _evidence(page, tmp_path, name: str, server) -> str:
     """Where the page was, how it got there, what it showed and what the server logged, for a failure
     message (a screenshot in tmp_path)."""
     page.screenshot(tmp_path / f"{name}.png")
-    where = page.eval("location.href + ' | ' + document.body.innerText.slice(0, 300).replace(/\\s+/g, ' ')")
-    return (f"page {where!r}; navigations {page.navigations}; screenshot {tmp_path / f'{name}.png'}; "
+    where = page.eval("location.href + ' | highlights ' + document.querySelectorAll('.htx-highlight').length"
+                      " + ', editor ' + (document.querySelector('.lsf-main-view, [class*=lsf-editor]') !== null)"
+                      " + ' | ' + document.body.innerText.slice(0, 300).replace(/\\s+/g, ' ')")
+    return (f"page {where!r}; navigations {page.navigations}; page errors {page.errors}; screenshot {tmp_path / f'{name}.png'}; "
             f"server log tail: {_log_tail(server.log_path, 25)}")
 
 
@@ -40,7 +42,8 @@ def test_ui_highlights_exactly_the_span_text(tmp_path, chromium, ls_server, ls_c
     tasks = {t.data["rollout_id"]: t.id for t in ls_client.tasks.list(project=ls_project, fields="task_only", include="id,data")}
     page = CDPPage(chromium)
     try:
-        page.send("Page.enable")
+        for domain in ("Page", "Runtime", "Network"):
+            page.send(f"{domain}.enable")
         page.set_cookies(ls_server.url, login_cookies(ls_server))
         for rid in ("r0000", "r0001"):  # r0000: emoji with ZWJ, '𝑥', CRLF
             expected = sorted(as_span(s).text for s in rows[rid]["spans"])
